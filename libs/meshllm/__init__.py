@@ -1,0 +1,1 @@
+"""meshllm shared library: settings, logging, tracing, metrics, server bootstrap, clients."""

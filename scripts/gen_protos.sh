@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Generates Python messages, gRPC stubs and .pyi type stubs for every proto under $2 into $3.
+# protoc names modules after proto paths (meshllm.inference.v1...); the stubs live under the
+# meshllm.api package, so the generated imports are rewritten to that prefix here, never by hand.
+set -euo pipefail
+py=$1 src=$2 out=$3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mapfile -t protos < <(cd "$src" && find meshllm -name '*.proto' | sort)
+(cd "$src" && "$OLDPWD/$py" -m grpc_tools.protoc -I . \
+  --python_out="$tmp" --grpc_python_out="$tmp" \
+  --mypy_out="$tmp" --mypy_grpc_out="$tmp" "${protos[@]}")
+# .py: only import lines (the serialized descriptors hold the proto package names and must
+# stay byte-exact); .pyi: every reference.
+find "$tmp" -type f -name '*.py' -exec \
+  sed -i -E 's/^(from|import) meshllm\.([a-z_]+)\.(v[0-9]+)\b/\1 meshllm.api.\2.\3/' {} +
+find "$tmp" -type f -name '*.pyi' -exec \
+  sed -i -E 's/\bmeshllm\.([a-z_]+)\.(v[0-9]+)\b/meshllm.api.\1.\2/g' {} +
+find "$tmp/meshllm" -type d -exec sh -c 'for d; do [ -f "$d/__init__.py" ] || : > "$d/__init__.py"; done' sh {} +
+rm -f "$tmp/meshllm/__init__.py"
+find "$out" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
+cp -r "$tmp/meshllm/." "$out/"
