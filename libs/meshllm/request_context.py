@@ -56,19 +56,46 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(("/grpc.health.", "/grpc.reflection.")):
             return handler
         method = details.method
+        parse = _lenient(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+class _Unparseable:
+    """Stands in for a request whose bytes did not parse, so the call can answer
+    INVALID_ARGUMENT instead of grpc's UNKNOWN."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _lenient(deserializer):
+    def parse(data: bytes):
+        try:
+            return deserializer(data) if deserializer else data
+        except Exception as error:  # any parser failure is the caller's malformed input
+            return _Unparseable(error)
+
+    return parse
+
+
+async def _reject_unparseable(request, context: grpc.aio.ServicerContext, method: str) -> None:
+    if isinstance(request, _Unparseable):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request to {method} is not a valid protobuf message for this method "
+            f"({request.error}); generate the client from the published protos")
 
 
 class _CallScope:
@@ -107,6 +134,7 @@ class _CallScope:
 def _wrap_unary(behaviour, method: str):
     async def unary(request, context):
         with _CallScope(method, context):
+            await _reject_unparseable(request, context, method)
             return await behaviour(request, context)
 
     return unary
@@ -115,6 +143,7 @@ def _wrap_unary(behaviour, method: str):
 def _wrap_stream(behaviour, method: str):
     async def stream(request, context) -> AsyncIterator:
         with _CallScope(method, context):
+            await _reject_unparseable(request, context, method)
             async for message in behaviour(request, context):
                 yield message
 

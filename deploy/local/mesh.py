@@ -1,0 +1,118 @@
+"""The whole mesh on one machine: control plane, Envoy, router, generation replicas.
+
+`make up` runs it in the foreground; the e2e tests run it on free ports."""
+import asyncio
+import itertools
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.local.envoy_admin import envoy_is_ready
+from deploy.local.supervisor import ManagedProcess, Supervisor
+from services.controlplane.bootstrap import render_bootstrap
+from services.controlplane.envoy_binary import envoy_binary_path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY_MODEL = REPO_ROOT / ".meshllm" / "models" / "tiny-llama"
+
+
+@dataclass(frozen=True)
+class MeshPorts:
+    controlplane: int = 18000
+    public: int = 8080
+    mesh: int = 8081
+    admin: int = 9901
+
+    @classmethod
+    def free(cls) -> "MeshPorts":
+        """Four ports nothing listens on now, for tests and benchmarks beside a running mesh."""
+        sockets = [socket.socket() for _ in range(4)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        ports = [sock.getsockname()[1] for sock in sockets]
+        for sock in sockets:
+            sock.close()
+        return cls(*ports)
+
+
+@dataclass(frozen=True)
+class MeshOptions:
+    ports: MeshPorts = MeshPorts()
+    engine: str = "vllm"
+    model: str = str(TINY_MODEL)
+    workdir: Path = REPO_ROOT / ".meshllm" / "run"
+    host: str = "127.0.0.1"
+
+
+class LocalMesh:
+    def __init__(self, options: MeshOptions):
+        self.options = options
+        self.supervisor = Supervisor()
+        self.controlplane: ManagedProcess | None = None
+        self.envoy: ManagedProcess | None = None
+        self.router: ManagedProcess | None = None
+        self.generation: dict[str, ManagedProcess] = {}
+        self._replica_ids = (f"generation-{n}" for n in itertools.count(1))
+
+    def _python(self, name: str, module: str, env: dict[str, str]) -> ManagedProcess:
+        return ManagedProcess(name, [sys.executable, "-m", module], env=env)
+
+    async def start(self, generation_replicas: int = 1) -> None:
+        await self.start_controlplane()
+        await self.start_envoy()
+        await asyncio.gather(
+            self.start_router(),
+            *(self.add_generation_replica() for _ in range(generation_replicas)))
+
+    async def start_controlplane(self) -> ManagedProcess:
+        ports, host = self.options.ports, self.options.host
+        self.controlplane = await self.supervisor.start(self._python(
+            "controlplane", "services.controlplane", {
+                "MESHLLM_CONTROLPLANE_HOST": host,
+                "MESHLLM_CONTROLPLANE_PORT": str(ports.controlplane),
+                "MESHLLM_CONTROLPLANE_LISTEN_HOST": host,
+                "MESHLLM_CONTROLPLANE_PUBLIC_PORT": str(ports.public),
+                "MESHLLM_CONTROLPLANE_MESH_PORT": str(ports.mesh),
+            }), timeout=60)
+        return self.controlplane
+
+    async def start_envoy(self) -> ManagedProcess:
+        ports = self.options.ports
+        self.options.workdir.mkdir(parents=True, exist_ok=True)
+        bootstrap = self.options.workdir / f"envoy-{ports.admin}.yaml"
+        bootstrap.write_text(render_bootstrap(
+            controlplane_host=self.options.host, controlplane_port=ports.controlplane,
+            admin_port=ports.admin, node_id=f"meshllm-local-{ports.admin}"))
+        self.envoy = await self.supervisor.start(ManagedProcess(
+            "envoy",
+            [str(envoy_binary_path()), "-c", str(bootstrap), "--use-dynamic-base-id",
+             "--log-level", "warn", "--drain-time-s", "5"],
+            ready_probe=lambda: envoy_is_ready(ports.admin)), timeout=60)
+        return self.envoy
+
+    async def start_router(self) -> ManagedProcess:
+        ports, host = self.options.ports, self.options.host
+        self.router = await self.supervisor.start(self._python("router", "services.router", {
+            "MESHLLM_ROUTER_HOST": host,
+            "MESHLLM_ROUTER_MESH_ADDRESS": f"{host}:{ports.mesh}",
+            "MESHLLM_ROUTER_CONTROLPLANE_ADDRESS": f"{host}:{ports.controlplane}",
+        }), timeout=60)
+        return self.router
+
+    async def add_generation_replica(self, replica_id: str | None = None) -> ManagedProcess:
+        replica_id = replica_id or next(self._replica_ids)
+        ports, host = self.options.ports, self.options.host
+        process = self._python(replica_id, "services.generation", {
+            "MESHLLM_GENERATION_HOST": host,
+            "MESHLLM_GENERATION_REPLICA_ID": replica_id,
+            "MESHLLM_GENERATION_CONTROLPLANE_ADDRESS": f"{host}:{ports.controlplane}",
+            "MESHLLM_ENGINE": self.options.engine,
+            "MESHLLM_MODEL": self.options.model,
+        })
+        self.generation[replica_id] = process
+        await self.supervisor.start(process, timeout=300)
+        return process
+
+    async def stop(self) -> None:
+        await self.supervisor.stop_all()

@@ -1,0 +1,51 @@
+"""Checks on a generate request's input and sampling, shared by the router and generation.
+
+Both speak the same `meshllm.inference.v1` Conversation and SamplingParams, so one set of
+rules and one wording of the messages serves every hop."""
+from meshllm.api.inference.v1 import inference_pb2
+
+MAX_STOP_SEQUENCES = 8
+MAX_STOP_LENGTH = 256
+
+
+class InvalidInput(ValueError):
+    """A request that can never succeed as sent; the message says what to change."""
+
+
+def check_input(kind: str | None, chat: inference_pb2.Conversation, prompt: str) -> None:
+    """`kind` is the request's `input` oneof (WhichOneof): "chat", "prompt" or None."""
+    if kind is None:
+        raise InvalidInput("the request has no input: set 'chat.messages' (at least one message) "
+                           "or 'prompt'")
+    if kind == "prompt":
+        if not prompt:
+            raise InvalidInput("'prompt' is empty: send some text, or use 'chat.messages'")
+        return
+    if not chat.messages:
+        raise InvalidInput("'chat.messages' is empty: send at least one message")
+    for index, message in enumerate(chat.messages):
+        if message.role == inference_pb2.ROLE_UNSPECIFIED:
+            raise InvalidInput(f"chat.messages[{index}].role is not set: use ROLE_SYSTEM, "
+                               "ROLE_USER or ROLE_ASSISTANT")
+        if message.role not in inference_pb2.Role.values():
+            raise InvalidInput(f"chat.messages[{index}].role {message.role} is not a known role")
+
+
+def check_sampling(sampling: inference_pb2.SamplingParams, max_context_tokens: int) -> None:
+    """max_context_tokens bounds max_tokens alone here; the engine, which knows the prompt's
+    length, checks prompt plus completion."""
+    if sampling.max_tokens < 1:
+        raise InvalidInput(f"sampling.max_tokens must be at least 1, got {sampling.max_tokens}")
+    if max_context_tokens and sampling.max_tokens >= max_context_tokens:
+        raise InvalidInput(
+            f"sampling.max_tokens {sampling.max_tokens} does not fit the model's context of "
+            f"{max_context_tokens} tokens (prompt included): ask for fewer")
+    if sampling.HasField("temperature") and not 0 <= sampling.temperature <= 100:
+        raise InvalidInput(f"sampling.temperature must be between 0 and 100, got {sampling.temperature}")
+    if sampling.HasField("top_p") and not 0 < sampling.top_p <= 1:
+        raise InvalidInput(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
+    if len(sampling.stop) > MAX_STOP_SEQUENCES:
+        raise InvalidInput(f"at most {MAX_STOP_SEQUENCES} stop strings, got {len(sampling.stop)}")
+    for index, stop in enumerate(sampling.stop):
+        if not stop or len(stop) > MAX_STOP_LENGTH:
+            raise InvalidInput(f"sampling.stop[{index}] must be 1 to {MAX_STOP_LENGTH} characters")

@@ -1,0 +1,47 @@
+"""python -m services.router: the public API, forwarding to generation through Envoy."""
+import asyncio
+
+import grpc
+
+from meshllm.api.controlplane.v1 import registry_pb2
+from meshllm.api.inference.v1 import inference_pb2_grpc
+from meshllm.logging import configure_logging
+from meshllm.registration import ReplicaRegistration
+from meshllm.server import MeshServer
+from meshllm.tracing import configure_tracing
+from services.router.config import RouterSettings
+from services.router.generation_client import GenerationClient
+from services.router.model_catalog import ModelCatalog
+from services.router.pipeline import Pipeline
+from services.router.server import InferenceServicer
+from services.router.stages import ChooseModel, check_request
+
+
+async def main(settings: RouterSettings) -> None:
+    mesh = grpc.aio.insecure_channel(settings.mesh_address)
+    controlplane = grpc.aio.insecure_channel(settings.controlplane_address)
+    catalog = ModelCatalog(controlplane, settings.catalog_refresh_seconds)
+    pipeline = Pipeline([check_request, ChooseModel(catalog, settings.default_model)],
+                        last=GenerationClient(mesh))
+    server = MeshServer(settings, service="router")
+    server.add_service(inference_pb2_grpc.add_InferenceServiceServicer_to_server,
+                       InferenceServicer(pipeline, catalog, settings.default_model),
+                       "meshllm.inference.v1.InferenceService")
+    port = await server.start()
+    registration = ReplicaRegistration(settings.controlplane_address, registry_pb2.Replica(
+        replica_id=settings.replica_id or f"router-{settings.host}-{port}",
+        service="router", host=settings.host, port=port))
+    await registration.start()
+    print(f"READY port={port}", flush=True)
+    await server.wait_for_shutdown_signal()
+    await registration.stop()
+    await server.drain()
+    await mesh.close()
+    await controlplane.close()
+
+
+if __name__ == "__main__":
+    settings = RouterSettings()
+    configure_logging("router", settings.log_level)
+    configure_tracing("router", settings.otel_console)
+    asyncio.run(main(settings))

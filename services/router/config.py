@@ -1,0 +1,17 @@
+"""Router settings: MESHLLM_ROUTER_*."""
+from pydantic_settings import SettingsConfigDict
+
+from meshllm.settings import ServiceSettings
+
+
+class RouterSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHLLM_ROUTER_", extra="ignore")
+
+    mesh_address: str = "127.0.0.1:8081"
+    """Envoy's mesh listener; every call to generation goes through it."""
+    default_model: str = ""
+    """Model for requests that name none; empty means: the only model, if there is one."""
+    catalog_refresh_seconds: float = 1.0
+    """How stale the router's view of the registry's models may get."""
+    replica_id: str = ""
+    """Id to register under; empty makes one from host and port."""

@@ -1,0 +1,33 @@
+"""The public InferenceService: protos in, the pipeline, protos out."""
+import grpc
+
+from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
+from meshllm.request_context import current_request_id
+from services.router.errors import RequestRejected
+from services.router.model_catalog import ModelCatalog
+from services.router.pipeline import GenerationCall, Pipeline
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, pipeline: Pipeline, catalog: ModelCatalog, default_model: str):
+        self._pipeline = pipeline
+        self._catalog = catalog
+        self._default_model = default_model
+
+    async def Generate(self, request, context: grpc.aio.ServicerContext):
+        call = GenerationCall(request, current_request_id(), context.time_remaining)
+        try:
+            async for event in self._pipeline.run(call):
+                yield event
+        except RequestRejected as rejection:
+            await context.abort(rejection.code, rejection.message)
+
+    async def ListModels(self, request, context: grpc.aio.ServicerContext):
+        pools = await self._catalog.pools()
+        default = self._default_model or (next(iter(pools)) if len(pools) == 1 else "")
+        return inference_pb2.ListModelsResponse(models=[
+            inference_pb2.Model(name=pool.name, ready_replicas=pool.ready_replicas,
+                                max_context_tokens=pool.max_context_tokens,
+                                is_default=pool.name == default)
+            for pool in sorted(pools.values(), key=lambda pool: pool.name)
+        ])

@@ -1,0 +1,38 @@
+"""The stages the router runs before generation: check the request, choose the model."""
+import grpc
+
+from meshllm.generate_input import InvalidInput, check_input, check_sampling
+from services.router.errors import RequestRejected
+from services.router.model_catalog import ModelCatalog
+from services.router.model_choice import choose_model
+from services.router.pipeline import Events, GenerationCall, Next
+
+
+async def check_request(call: GenerationCall, next_stage: Next) -> Events:
+    """Refuses input that can never succeed before any model is involved."""
+    request = call.request
+    try:
+        check_input(request.WhichOneof("input"), request.chat, request.prompt)
+        check_sampling(request.sampling, max_context_tokens=0)
+    except InvalidInput as error:
+        raise RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+    async for event in next_stage(call):
+        yield event
+
+
+class ChooseModel:
+    """Picks the model pool and checks that the request fits that model's context."""
+
+    def __init__(self, catalog: ModelCatalog, default_model: str):
+        self._catalog = catalog
+        self._default_model = default_model
+
+    async def __call__(self, call: GenerationCall, next_stage: Next) -> Events:
+        pools = await self._catalog.pools()
+        call.model = choose_model(call.request.model, pools, self._default_model)
+        try:
+            check_sampling(call.request.sampling, call.model.pool.max_context_tokens)
+        except InvalidInput as error:
+            raise RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        async for event in next_stage(call):
+            yield event
