@@ -43,6 +43,8 @@ class MeshOptions:
     model: str = str(TINY_MODEL)
     workdir: Path = REPO_ROOT / ".meshllm" / "run"
     host: str = "127.0.0.1"
+    generation_env: tuple[tuple[str, str], ...] = ()
+    """Extra environment for every generation replica (e.g. the sim engine's timings)."""
 
 
 class LocalMesh:
@@ -109,6 +111,7 @@ class LocalMesh:
             "MESHLLM_GENERATION_CONTROLPLANE_ADDRESS": f"{host}:{ports.controlplane}",
             "MESHLLM_ENGINE": self.options.engine,
             "MESHLLM_MODEL": self.options.model,
+            **dict(self.options.generation_env),
         })
         self.generation[replica_id] = process
         await self.supervisor.start(process, timeout=300)

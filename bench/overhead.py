@@ -1,0 +1,135 @@
+"""What the mesh costs a stream: one sim replica called directly vs. through Envoy and the
+router, side by side in one run, at 1, 16 and 64 concurrent streams.
+
+    make bench        (python -m bench.overhead --help for the knobs)
+
+The sim engine has fixed time-to-first-token and inter-token latency, so any difference
+between the two paths is the mesh's: Envoy's two hops, the router, the registry lookups."""
+import argparse
+import asyncio
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
+from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
+from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
+
+
+@dataclass
+class PathResult:
+    ttfts: list[float]
+    tokens: int
+    seconds: float
+
+    def ttft_ms(self, quantile: float) -> float:
+        ordered = sorted(self.ttfts)
+        return 1000 * ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+def requests(max_tokens: int):
+    sampling = {"max_tokens": max_tokens}
+    messages = {"messages": [{"role": inference_pb2.ROLE_USER, "content": "benchmark"}]}
+    return (generation_pb2.GenerateRequest(chat=messages, sampling=sampling),
+            inference_pb2.GenerateRequest(chat=messages, sampling=sampling))
+
+
+async def one_stream(stub, request) -> tuple[float, int]:
+    started = time.perf_counter()
+    ttft, tokens = None, 0
+    async for event in stub.Generate(request, timeout=120):
+        if event.WhichOneof("event") == "delta":
+            if ttft is None:
+                ttft = time.perf_counter() - started
+            tokens += len(event.delta.token_ids)
+    return ttft, tokens
+
+
+async def run_path(stub, request, concurrency: int, rounds: int) -> PathResult:
+    ttfts, tokens = [], 0
+    began = time.perf_counter()
+    for _ in range(rounds):
+        results = await asyncio.gather(*(one_stream(stub, request) for _ in range(concurrency)))
+        ttfts += [ttft for ttft, _ in results]
+        tokens += sum(count for _, count in results)
+    return PathResult(ttfts, tokens, time.perf_counter() - began)
+
+
+async def main(args) -> None:
+    options = MeshOptions(
+        ports=MeshPorts.free(), engine="sim", workdir=Path(tempfile.mkdtemp(prefix="bench-")),
+        generation_env=(
+            ("MESHLLM_GENERATION_SIM_TIME_TO_FIRST_TOKEN_SECONDS", str(args.ttft)),
+            ("MESHLLM_GENERATION_SIM_INTER_TOKEN_LATENCY_SECONDS", str(args.itl)),
+            ("MESHLLM_GENERATION_LOG_LEVEL", "warning"),
+        ))
+    mesh = LocalMesh(options)
+    await mesh.start(generation_replicas=1)
+    (replica,) = mesh.generation.values()
+    direct_request, mesh_request = requests(args.max_tokens)
+    rows = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as direct, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{options.ports.public}") as public:
+            direct_stub = generation_pb2_grpc.GenerationServiceStub(direct)
+            mesh_stub = inference_pb2_grpc.InferenceServiceStub(public)
+            await run_path(direct_stub, direct_request, 4, 1)  # warm both paths' connections
+            await run_path(mesh_stub, mesh_request, 4, 1)
+            for concurrency in args.concurrency:
+                rounds = max(args.min_streams // concurrency, 2)
+                # Alternate the two paths so both see the same machine noise.
+                direct_runs, mesh_runs = [], []
+                for _ in range(args.repeats):
+                    direct_runs.append(await run_path(direct_stub, direct_request, concurrency, rounds))
+                    mesh_runs.append(await run_path(mesh_stub, mesh_request, concurrency, rounds))
+                rows.append((concurrency, merge(direct_runs), merge(mesh_runs)))
+    finally:
+        await mesh.stop()
+    print_table(rows, args)
+
+
+def merge(runs: list[PathResult]) -> PathResult:
+    return PathResult([t for r in runs for t in r.ttfts], sum(r.tokens for r in runs),
+                      sum(r.seconds for r in runs))
+
+
+def print_table(rows, args) -> None:
+    print(f"\nmeshllm bench: sim engine (ttft {args.ttft * 1000:.0f} ms, itl "
+          f"{args.itl * 1000:.0f} ms, {args.max_tokens} tokens/stream), "
+          f"{platform.machine()} {platform.processor() or ''}")
+    header = ("streams", "direct TTFT p50/p99 ms", "mesh TTFT p50/p99 ms",
+              "overhead p50/p99 ms", "direct tok/s", "mesh tok/s", "mesh/direct")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for concurrency, direct, through in rows:
+        print(f"| {concurrency} | {direct.ttft_ms(.5):.1f} / {direct.ttft_ms(.99):.1f} "
+              f"| {through.ttft_ms(.5):.1f} / {through.ttft_ms(.99):.1f} "
+              f"| {through.ttft_ms(.5) - direct.ttft_ms(.5):+.1f} / "
+              f"{through.ttft_ms(.99) - direct.ttft_ms(.99):+.1f} "
+              f"| {direct.tokens_per_second:.0f} | {through.tokens_per_second:.0f} "
+              f"| {through.tokens_per_second / direct.tokens_per_second:.3f} |")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--ttft", type=float, default=0.02, help="sim time to first token, s")
+    parser.add_argument("--itl", type=float, default=0.005, help="sim inter-token latency, s")
+    parser.add_argument("--min-streams", type=int, default=128,
+                        help="streams per path per repeat, at least")
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

@@ -1,0 +1,53 @@
+"""Replicas come and go, the control plane goes away: the mesh keeps serving.
+
+These run after test_api.py (they kill processes) and in this order."""
+import asyncio
+
+import grpc
+import pytest
+
+from deploy.local.envoy_admin import cluster_endpoints
+from services.controlplane.resources import generation_cluster_name
+from tests.e2e.streams import chat_request, generate, public_stub
+
+pytestmark = pytest.mark.e2e
+
+
+async def served_by(mesh, count: int) -> list[str]:
+    """The replica of each of `count` concurrent generations through Envoy."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
+        stub = public_stub(channel)
+        streams = await asyncio.gather(*(generate(stub, chat_request(max_tokens=2))
+                                         for _ in range(count)))
+    for events in streams:
+        assert events[-1].WhichOneof("event") == "finished"
+    return [events[0].started.replica for events in streams]
+
+
+async def test_both_replicas_serve_traffic(mesh):
+    assert set(await served_by(mesh, 12)) == {"generation-1", "generation-2"}
+
+
+async def test_a_replica_that_registers_is_in_envoys_endpoints_within_2s(mesh):
+    cluster = generation_cluster_name(mesh.options.model)
+    replica = await mesh.add_generation_replica("generation-3")
+    registered_at = asyncio.get_running_loop().time()  # it prints READY once registered
+    address = f"127.0.0.1:{replica.port}"
+    while address not in await cluster_endpoints(mesh.options.ports.admin, cluster):
+        assert asyncio.get_running_loop().time() - registered_at < 2.0, \
+            f"{address} not in Envoy's {cluster} endpoints 2 s after registering"
+        await asyncio.sleep(0.05)
+    assert "generation-3" in await served_by(mesh, 12)
+
+
+async def test_kill_9_of_a_replica_leaves_new_requests_succeeding_on_the_others(mesh):
+    await mesh.generation["generation-1"].kill()
+    for _ in range(3):
+        replicas = await served_by(mesh, 4)
+        assert "generation-1" not in replicas
+
+
+async def test_envoy_serves_its_last_config_after_the_control_plane_stops(mesh):
+    await mesh.controlplane.kill()
+    await asyncio.sleep(0.5)
+    assert set(await served_by(mesh, 6)) <= {"generation-2", "generation-3"}

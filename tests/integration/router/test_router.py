@@ -1,0 +1,88 @@
+"""The router against a real control plane and a real sim generation replica, no Envoy:
+request ids and deadlines travel, a replica dying mid-stream is reported and counted."""
+import asyncio
+import sys
+import urllib.request
+
+import grpc
+import pytest
+
+from deploy.local.mesh import MeshPorts
+from deploy.local.supervisor import ManagedProcess, Supervisor
+from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
+
+MODEL = "sim-model"
+
+
+def python(name: str, module: str, env: dict[str, str]) -> ManagedProcess:
+    return ManagedProcess(name, [sys.executable, "-m", module], env=env)
+
+
+@pytest.fixture(scope="module")
+async def router():
+    ports = MeshPorts.free()
+    supervisor = Supervisor()
+    controlplane = f"127.0.0.1:{ports.controlplane}"
+    try:
+        await supervisor.start(python("controlplane", "services.controlplane", {
+            "MESHLLM_CONTROLPLANE_PORT": str(ports.controlplane),
+            "MESHLLM_CONTROLPLANE_PUBLIC_PORT": str(ports.public),
+            "MESHLLM_CONTROLPLANE_MESH_PORT": str(ports.mesh)}))
+        generation = await supervisor.start(python("generation", "services.generation", {
+            "MESHLLM_ENGINE": "sim", "MESHLLM_MODEL": MODEL,
+            "MESHLLM_GENERATION_REPLICA_ID": "sim-1",
+            "MESHLLM_GENERATION_CONTROLPLANE_ADDRESS": controlplane,
+            "MESHLLM_GENERATION_SIM_TIME_TO_FIRST_TOKEN_SECONDS": "0.01",
+            "MESHLLM_GENERATION_SIM_INTER_TOKEN_LATENCY_SECONDS": "0.05"}))
+        # The router talks to the replica directly here: this tests the router, not Envoy.
+        router = await supervisor.start(python("router", "services.router", {
+            "MESHLLM_ROUTER_MESH_ADDRESS": f"127.0.0.1:{generation.port}",
+            "MESHLLM_ROUTER_CONTROLPLANE_ADDRESS": controlplane,
+            "MESHLLM_ROUTER_METRICS_PORT": str(ports.admin)}))
+        router.metrics_port = ports.admin
+        router.generation = generation
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            router.stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            yield router
+    finally:
+        await supervisor.stop_all(grace=5)
+
+
+def request(max_tokens: int, **fields) -> inference_pb2.GenerateRequest:
+    return inference_pb2.GenerateRequest(prompt="hello", sampling={"max_tokens": max_tokens},
+                                         **fields)
+
+
+async def test_the_callers_request_id_names_the_stream(router):
+    stream = router.stub.Generate(request(2), metadata=(("x-request-id", "req-from-client"),))
+    events = [event async for event in stream]
+    assert events[0].started.request_id == "req-from-client"
+    assert events[0].started.replica == "sim-1"
+    assert events[0].started.model == MODEL
+    assert "only model" in events[0].started.route_reason
+
+
+async def test_the_callers_deadline_bounds_the_whole_stream(router):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        [event async for event in router.stub.Generate(request(100), timeout=0.5)]
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_labels_and_an_explicit_model_are_accepted(router):
+    events = [e async for e in router.stub.Generate(request(3, model=MODEL, labels={"team": "a"}))]
+    assert events[-1].finished.usage.completion_tokens == 3
+
+
+async def test_a_replica_dying_mid_stream_is_reported_and_counted(router):
+    stream = router.stub.Generate(request(200), timeout=30)
+    assert (await stream.read()).WhichOneof("event") == "started"
+    assert (await stream.read()).WhichOneof("event") == "delta"
+    await router.generation.kill()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        while await stream.read() is not grpc.aio.EOF:
+            pass
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "mid-stream" in caught.value.details() and "sim-1" in caught.value.details()
+    url = f"http://127.0.0.1:{router.metrics_port}/metrics"
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    assert f'meshllm_router_midstream_failures_total{{model="{MODEL}"}} 1.0' in body
