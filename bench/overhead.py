@@ -73,11 +73,11 @@ async def main(args) -> None:
             ("MESHLLM_GENERATION_LOG_LEVEL", "warning"),
         ))
     mesh = LocalMesh(options)
-    await mesh.start(generation_replicas=1)
-    (replica,) = mesh.generation.values()
     direct_request, mesh_request = requests(args.max_tokens)
     rows = []
     try:
+        await mesh.start(generation_replicas=1)
+        (replica,) = mesh.generation.values()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as direct, \
                 grpc.aio.insecure_channel(f"127.0.0.1:{options.ports.public}") as public:
             direct_stub = generation_pb2_grpc.GenerationServiceStub(direct)

@@ -9,7 +9,7 @@ async def admin_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int,
     except (OSError, asyncio.TimeoutError):
         return 0, ""
     try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
         raw = await asyncio.wait_for(reader.read(), 5)
     except (OSError, asyncio.TimeoutError):

@@ -44,6 +44,8 @@ class ManagedProcess:
         except (asyncio.TimeoutError, ProcessExited) as error:
             await self.stop(grace=1)
             raise RuntimeError(f"{self.name} did not become ready: {error!r}") from None
+        finally:
+            ready.cancel()  # nobody waits for it any more
         return self
 
     async def _probe_until_ready(self) -> None:

@@ -1,0 +1,1 @@
+"""The control plane: replica registry plus xDS (ADS) for Envoy."""

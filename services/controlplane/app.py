@@ -1,0 +1,50 @@
+"""The control plane's objects, wired once: registry, publisher, cache and ADS on one server."""
+import asyncio
+import contextlib
+
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from meshllm.api.controlplane.v1 import registry_pb2_grpc
+from meshllm.server import MeshServer
+from services.controlplane.ads import AdsCallbacks
+from services.controlplane.config import ControlPlaneSettings
+from services.controlplane.publisher import SnapshotPublisher
+from services.controlplane.registry import ReplicaRegistry
+from services.controlplane.server import AggregatedDiscoveryServicer, RegistryServicer
+from services.controlplane.snapshot import SnapshotCache, build_snapshot
+
+
+class ControlPlane:
+    """One running control plane. `start` serves; `stop` drains and stops publishing."""
+
+    def __init__(self, settings: ControlPlaneSettings, callbacks: AdsCallbacks | None = None):
+        self.settings = settings
+        layout = settings.envoy_layout()
+        self.registry = ReplicaRegistry(lease_ttl=settings.lease_ttl_seconds)
+        self.cache = SnapshotCache()
+        self.publisher = SnapshotPublisher(
+            self.registry, self.cache,
+            build=lambda replicas, pools: build_snapshot(replicas, layout, pools))
+        self.server = MeshServer(settings, service="controlplane")
+        self.server.add_service(registry_pb2_grpc.add_RegistryServiceServicer_to_server,
+                                RegistryServicer(self.registry),
+                                "meshllm.controlplane.v1.RegistryService")
+        self.server.add_service(ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server,
+                                AggregatedDiscoveryServicer(self.cache, callbacks),
+                                "envoy.service.discovery.v3.AggregatedDiscoveryService")
+        self._publishing: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        """Serves and returns the bound port; the re-registration grace starts now."""
+        self.cache.hold_until = asyncio.get_running_loop().time() + self.settings.eds_grace
+        self._publishing = asyncio.create_task(self.publisher.run(), name="snapshot-publisher")
+        return await self.server.start()
+
+    async def stop(self) -> None:
+        # ADS streams never end by themselves; Envoy keeps its last config and reconnects,
+        # so waiting the full drain grace for them would only delay the exit.
+        await self.server.drain(grace_seconds=min(self.settings.drain_grace_seconds, 1.0))
+        if self._publishing is not None:
+            self._publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publishing

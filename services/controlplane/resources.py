@@ -1,0 +1,238 @@
+"""Resource builders: plain functions that make Envoy v3 messages (xds-protos).
+
+Nothing here validates; Envoy does. Every builder is checked by `envoy --mode validate` in
+tests/unit/controlplane/test_resources.py.
+"""
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+
+PUBLIC_LISTENER = "public"
+MESH_LISTENER = "mesh"
+ROUTER_CLUSTER = "router"
+MODEL_HEADER = "x-meshllm-model"
+GENERATION_PREFIX = "/meshllm.generation.v1.GenerationService/"
+# What a caller sees when its model has no pool: Envoy turns a local reply to a gRPC request
+# into a trailers-only response, mapping HTTP 404 to grpc-status 12 (UNIMPLEMENTED).
+UNKNOWN_MODEL_HTTP_STATUS = 404
+# Set on purpose (DESIGN §8): Envoy's default of 1,024 would cap concurrent streams.
+CIRCUIT_BREAKER_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class EnvoyLayout:
+    """Where Envoy listens and how it treats streams; from ControlPlaneSettings."""
+
+    listen_host: str = "127.0.0.1"
+    public_port: int = 8080
+    mesh_port: int = 8081
+    stream_idle_timeout_seconds: float = 300.0
+    connect_timeout_seconds: float = 1.0
+
+
+def generation_cluster_name(model: str) -> str:
+    """The cluster of one model's generation pool, safe for any model name.
+
+    A readable slug for stats and /clusters, plus a hash of the exact name so that models
+    differing only in punctuation or case ("Org/M" and "org-m") never share a cluster.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")[:48] or "model"
+    digest = hashlib.sha256(model.encode()).hexdigest()[:8]
+    return f"generation.{slug}.{digest}"
+
+
+def service_cluster_name(service: str) -> str:
+    """The cluster of a (non-generation) service: its name, e.g. "router"."""
+    return service
+
+
+def _seconds(value: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(value * 1e9))
+    return duration
+
+
+def _pack(message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.V3)
+
+
+def cluster(name: str, layout: EnvoyLayout) -> cluster_pb2.Cluster:
+    """An HTTP/2 (gRPC) cluster whose endpoints come by EDS over ADS."""
+    limit = wrappers_pb2.UInt32Value(value=CIRCUIT_BREAKER_LIMIT)
+    h2 = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
+    return cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
+        connect_timeout=_seconds(layout.connect_timeout_seconds),
+        # Streams differ a lot in length; least-request spreads them better than round robin.
+        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(h2)},
+        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(thresholds=[
+            circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                max_connections=limit, max_pending_requests=limit, max_requests=limit,
+                max_retries=wrappers_pb2.UInt32Value(value=CIRCUIT_BREAKER_LIMIT // 10))]),
+        # Default max_ejection_percent is 10 %: with two replicas nothing would ever be ejected.
+        # Local-origin errors (connect refused, reset) count apart from the replica's statuses.
+        outlier_detection=outlier_detection_pb2.OutlierDetection(
+            split_external_local_origin_errors=True,
+            consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=3),
+            enforcing_consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=100),
+            consecutive_5xx=wrappers_pb2.UInt32Value(value=5),
+            consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=3),
+            enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
+            interval=_seconds(1.0),
+            base_ejection_time=_seconds(5.0),
+            max_ejection_percent=wrappers_pb2.UInt32Value(value=100)),
+    )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One replica address in a load assignment."""
+
+    host: str
+    port: int
+    hostname: str = ""
+
+
+def load_assignment(cluster_name: str,
+                    endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+    """The cluster's live endpoints (empty is valid: the cluster then has no hosts)."""
+    lb_endpoints = [
+        endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
+            address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
+                address=e.host, port_value=e.port)),
+            hostname=e.hostname))
+        for e in endpoints]
+    localities = [endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)]
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster_name, endpoints=localities if lb_endpoints else [])
+
+
+def _streaming_route_action(cluster_name: str) -> route_components_pb2.RouteAction:
+    """No route timeout (15 s by default cuts streams); the caller's grpc-timeout bounds it.
+
+    Retries only happen before the first response byte (Envoy cannot replay a stream that
+    started), and a retry avoids the host that just failed.
+    """
+    return route_components_pb2.RouteAction(
+        cluster=cluster_name,
+        timeout=_seconds(0),
+        max_stream_duration=route_components_pb2.RouteAction.MaxStreamDuration(
+            grpc_timeout_header_max=_seconds(0)),
+        retry_policy=route_components_pb2.RetryPolicy(
+            retry_on="connect-failure,refused-stream,unavailable,reset",
+            num_retries=wrappers_pb2.UInt32Value(value=2),
+            retry_host_predicate=[route_components_pb2.RetryPolicy.RetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=_pack(previous_hosts_pb2.PreviousHostsPredicate()))],
+            host_selection_retry_max_attempts=3))
+
+
+def _prefix_route(name: str, prefix: str, cluster_name: str) -> route_components_pb2.Route:
+    return route_components_pb2.Route(
+        name=name,
+        match=route_components_pb2.RouteMatch(prefix=prefix),
+        route=_streaming_route_action(cluster_name))
+
+
+def public_routes() -> route_pb2.RouteConfiguration:
+    """The public listener: only the public API and reflection, both served by the router."""
+    return route_pb2.RouteConfiguration(name=PUBLIC_LISTENER, virtual_hosts=[
+        route_components_pb2.VirtualHost(name=PUBLIC_LISTENER, domains=["*"], routes=[
+            _prefix_route("inference", "/meshllm.inference.v1.InferenceService/",
+                          ROUTER_CLUSTER),
+            _prefix_route("reflection", "/grpc.reflection.", ROUTER_CLUSTER),
+        ])])
+
+
+def mesh_routes(models: Sequence[str], services: Sequence[str]) -> route_pb2.RouteConfiguration:
+    """Service-to-service: generation by the x-meshllm-model header, the rest by service name.
+
+    A generation call whose model has no pool (or no header) gets a local reply:
+    HTTP 404 → grpc-status UNIMPLEMENTED with a message naming the header.
+    """
+    routes = [
+        route_components_pb2.Route(
+            name=f"generation/{model}",
+            match=route_components_pb2.RouteMatch(
+                prefix=GENERATION_PREFIX,
+                headers=[route_components_pb2.HeaderMatcher(
+                    name=MODEL_HEADER,
+                    string_match=string_pb2.StringMatcher(exact=model))]),
+            route=_streaming_route_action(generation_cluster_name(model)))
+        for model in models]
+    routes.append(route_components_pb2.Route(
+        name="generation/unknown-model",
+        match=route_components_pb2.RouteMatch(prefix=GENERATION_PREFIX),
+        direct_response=route_components_pb2.DirectResponseAction(
+            status=UNKNOWN_MODEL_HTTP_STATUS,
+            body=base_pb2.DataSource(inline_string=(
+                f"no generation pool serves the model in the {MODEL_HEADER} metadata "
+                "(missing, or no replica of it ever registered)")))))
+    routes.extend(_prefix_route(service, f"/meshllm.{service}.v1.", service_cluster_name(service))
+                  for service in services)
+    return route_pb2.RouteConfiguration(name=MESH_LISTENER, virtual_hosts=[
+        route_components_pb2.VirtualHost(name=MESH_LISTENER, domains=["*"], routes=routes)])
+
+
+def listener(name: str, port: int, layout: EnvoyLayout,
+             http_filters: Sequence[hcm_pb2.HttpFilter] = (),
+             route_config: route_pb2.RouteConfiguration | None = None) -> listener_pb2.Listener:
+    """A gRPC listener: HTTP connection manager with routes by RDS (named like the listener).
+
+    `http_filters` run before the router (ext_authz and rate limits go here). `route_config`
+    inlines the routes instead of RDS (used to validate a static config).
+    """
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix=name,
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        stream_idle_timeout=_seconds(layout.stream_idle_timeout_seconds),
+        http_filters=[*http_filters, hcm_pb2.HttpFilter(
+            name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))],
+    )
+    if route_config is None:
+        manager.rds.CopyFrom(hcm_pb2.Rds(config_source=_ads(), route_config_name=name))
+    else:
+        manager.route_config.CopyFrom(route_config)
+    return listener_pb2.Listener(
+        name=name,
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
+            address=layout.listen_host, port_value=port)),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[
+            listener_components_pb2.Filter(
+                name="envoy.filters.network.http_connection_manager",
+                typed_config=_pack(manager))])])
+
+
+def listeners(layout: EnvoyLayout) -> list[listener_pb2.Listener]:
+    """The public and mesh listeners."""
+    return [listener(PUBLIC_LISTENER, layout.public_port, layout),
+            listener(MESH_LISTENER, layout.mesh_port, layout)]

@@ -1,0 +1,135 @@
+"""Snapshots: one consistent set of Envoy resources, and the cache that holds the latest.
+
+A snapshot is consistent: every route's cluster is in it. Each resource type carries its own
+version, a hash of its content, so a stream sends a type only when that type changed (an
+endpoint change sends EDS alone) and a restarted control plane that builds the same config
+reports the same versions.
+"""
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from services.controlplane import resources
+from services.controlplane.registry import GENERATION_SERVICE, Replica
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+# Make-before-break: clusters and their endpoints before the listeners and routes using them.
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """One type's resources by name, and the version of exactly this content."""
+
+    version: str
+    by_name: Mapping[str, Message]
+
+    @classmethod
+    def of(cls, messages: Iterable[Message], name: Callable[[Message], str]) -> "Resources":
+        by_name = {name(m): m for m in messages}
+        digest = hashlib.sha256()
+        for key in sorted(by_name):
+            digest.update(key.encode() + b"\0")
+            digest.update(by_name[key].SerializeToString(deterministic=True))
+        return cls(version=digest.hexdigest()[:16], by_name=by_name)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every resource Envoy gets, by type URL."""
+
+    resources: Mapping[str, Resources]
+
+    @property
+    def version(self) -> str:
+        """One version for the whole snapshot (for logs)."""
+        return ".".join(self.resources[t].version[:6] for t in PUSH_ORDER)
+
+    def of_type(self, type_url: str) -> Resources:
+        return self.resources.get(type_url, Resources(version="", by_name={}))
+
+
+def make_snapshot(clusters, load_assignments, listeners, routes) -> Snapshot:
+    return Snapshot(resources={
+        CLUSTER: Resources.of(clusters, lambda m: m.name),
+        ENDPOINT: Resources.of(load_assignments, lambda m: m.cluster_name),
+        LISTENER: Resources.of(listeners, lambda m: m.name),
+        ROUTE: Resources.of(routes, lambda m: m.name),
+    })
+
+
+def _cluster_of(pool: tuple[str, str]) -> str:
+    service, model = pool
+    if service == GENERATION_SERVICE:
+        return resources.generation_cluster_name(model)
+    return resources.service_cluster_name(service)
+
+
+def build_snapshot(replicas: Iterable[Replica], layout: resources.EnvoyLayout,
+                   pools_seen: Iterable[tuple[str, str]] = ()) -> Snapshot:
+    """The snapshot for these live replicas.
+
+    A pool (service, model) in `pools_seen` keeps its cluster and routes with no endpoints,
+    so a pool scaled to zero still routes (to "no healthy upstream") rather than vanishing.
+    The router's cluster always exists because the public listener routes to it.
+    """
+    replicas = list(replicas)
+    pools = dict.fromkeys([("router", ""), *pools_seen, *(r.pool for r in replicas)])
+    endpoints: dict[str, list[resources.Endpoint]] = {_cluster_of(p): [] for p in pools}
+    for replica in replicas:
+        endpoints[_cluster_of(replica.pool)].append(
+            resources.Endpoint(replica.host, replica.port, hostname=replica.replica_id))
+    models = sorted({model for service, model in pools if service == GENERATION_SERVICE})
+    services = sorted({service for service, _ in pools if service != GENERATION_SERVICE})
+    return make_snapshot(
+        clusters=[resources.cluster(name, layout) for name in endpoints],
+        load_assignments=[resources.load_assignment(name, eps) for name, eps in endpoints.items()],
+        listeners=resources.listeners(layout),
+        routes=[resources.public_routes(), resources.mesh_routes(models, services)],
+    )
+
+
+class SnapshotCache:
+    """Holds the latest snapshot and wakes every watching ADS stream when it changes.
+
+    `hold_until` is a loop time before which Envoys that already hold a config get no push
+    (the re-registration grace after a control plane start, DESIGN §8).
+    """
+
+    def __init__(self, hold_until: float = 0.0, clock: Callable[[], float] | None = None):
+        self._snapshot: Snapshot | None = None
+        self._watchers: set[asyncio.Event] = set()
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self.hold_until = hold_until
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def holding(self) -> bool:
+        """True during the grace period after a start."""
+        return self._clock() < self.hold_until
+
+    def seconds_until_release(self) -> float:
+        return max(0.0, self.hold_until - self._clock())
+
+    def set(self, snapshot: Snapshot) -> None:
+        """Publishes a snapshot; every watcher wakes and sends the types that changed."""
+        self._snapshot = snapshot
+        for event in self._watchers:
+            event.set()
+
+    def watch(self) -> asyncio.Event:
+        """An event set on every new snapshot; pass it back to `unwatch` when done."""
+        event = asyncio.Event()
+        self._watchers.add(event)
+        return event
+
+    def unwatch(self, event: asyncio.Event) -> None:
+        self._watchers.discard(event)

@@ -1,0 +1,22 @@
+import yaml
+
+from services.controlplane.bootstrap import BOOTSTRAP_TEMPLATE, render_bootstrap
+
+
+def test_the_checked_in_bootstrap_is_accepted_by_envoy(envoy_validate):
+    envoy_validate(bootstrap_text=BOOTSTRAP_TEMPLATE.read_text())
+
+
+def test_a_rendered_bootstrap_is_accepted_by_envoy(envoy_validate):
+    envoy_validate(bootstrap_text=render_bootstrap("127.0.0.1", 23456, 34567, "node-7"))
+
+
+def test_render_fills_the_addresses_and_keeps_the_rest_of_the_file():
+    rendered = yaml.safe_load(render_bootstrap("10.0.0.5", 23456, 34567, "node-7"))
+    template = yaml.safe_load(BOOTSTRAP_TEMPLATE.read_text())
+    assert rendered["node"] == {**template["node"], "id": "node-7"}
+    assert rendered["admin"]["address"]["socket_address"]["port_value"] == 34567
+    endpoint = rendered["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+    address = endpoint["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address == {"address": "10.0.0.5", "port_value": 23456}
+    assert rendered["dynamic_resources"] == template["dynamic_resources"]

@@ -1,0 +1,58 @@
+from envoy.config.endpoint.v3 import endpoint_pb2
+
+from services.controlplane import resources
+from services.controlplane.registry import Replica
+from services.controlplane.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, build_snapshot
+
+LAYOUT = resources.EnvoyLayout()
+
+
+def gen(replica_id, model, port):
+    return Replica(replica_id, "generation", "127.0.0.1", port, model=model)
+
+
+def route_clusters(snapshot) -> set[str]:
+    return {route.route.cluster
+            for config in snapshot.of_type(ROUTE).by_name.values()
+            for host in config.virtual_hosts for route in host.routes if route.HasField("route")}
+
+
+def test_every_route_points_at_a_cluster_in_the_same_snapshot():
+    snapshot = build_snapshot([gen("g1", "tiny", 1), Replica("r", "retrieval", "h", 2)], LAYOUT)
+    assert route_clusters(snapshot) <= set(snapshot.of_type(CLUSTER).by_name)
+    assert set(snapshot.of_type(ENDPOINT).by_name) == set(snapshot.of_type(CLUSTER).by_name)
+
+
+def test_the_router_cluster_exists_before_any_router_registers():
+    snapshot = build_snapshot([], LAYOUT)
+    assert set(snapshot.of_type(CLUSTER).by_name) == {"router"}
+    assert set(snapshot.of_type(LISTENER).by_name) == {"public", "mesh"}
+    assert set(snapshot.of_type(ROUTE).by_name) == {"public", "mesh"}
+
+
+def test_replicas_of_one_model_share_its_cluster():
+    snapshot = build_snapshot([gen("g1", "tiny", 1), gen("g2", "tiny", 2), gen("g3", "big", 3)],
+                              LAYOUT)
+    assignment: endpoint_pb2.ClusterLoadAssignment = snapshot.of_type(ENDPOINT).by_name[
+        resources.generation_cluster_name("tiny")]
+    ports = [e.endpoint.address.socket_address.port_value
+             for e in assignment.endpoints[0].lb_endpoints]
+    assert ports == [1, 2]
+
+
+def test_a_pool_seen_before_keeps_its_cluster_and_route_with_no_endpoints():
+    snapshot = build_snapshot([], LAYOUT, pools_seen=[("generation", "tiny")])
+    name = resources.generation_cluster_name("tiny")
+    assert name in snapshot.of_type(CLUSTER).by_name
+    assert not snapshot.of_type(ENDPOINT).by_name[name].endpoints
+    assert name in route_clusters(snapshot)
+
+
+def test_versions_follow_content_per_type():
+    one = build_snapshot([gen("g1", "tiny", 1)], LAYOUT)
+    same = build_snapshot([gen("g1", "tiny", 1)], LAYOUT)
+    moved = build_snapshot([gen("g1", "tiny", 2)], LAYOUT)
+    assert one.version == same.version
+    assert moved.of_type(ENDPOINT).version != one.of_type(ENDPOINT).version
+    for type_url in (CLUSTER, LISTENER, ROUTE):
+        assert moved.of_type(type_url).version == one.of_type(type_url).version
