@@ -77,7 +77,7 @@ def build_tokenizer(vocab_size: int):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=[chr(c) for c in range(32, 127)],
+        initial_alphabet=["\n"] + [chr(c) for c in range(32, 127)],
         show_progress=False,
     )
     tokenizer.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
@@ -117,10 +117,13 @@ def build_model(spec: TinyModelSpec, vocab_size: int, bos_token_id: int):
     return model
 
 
-def build(target: Path, spec: TinyModelSpec = TinyModelSpec()) -> Path:
-    """Writes the model and tokenizer to `target` atomically; returns `target`."""
+def build(target: Path, spec: TinyModelSpec = TinyModelSpec(), force: bool = False) -> Path:
+    """Writes the model and tokenizer to `target` atomically; returns `target`.
+
+    A complete directory (one with config.json) is kept unless `force`, which replaces it
+    (the command line always does, so `make model` picks up changes to this file)."""
     target = Path(target)
-    if (target / "config.json").exists():
+    if (target / "config.json").exists() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -129,20 +132,35 @@ def build(target: Path, spec: TinyModelSpec = TinyModelSpec()) -> Path:
         tokenizer.save_pretrained(staging)
         model = build_model(spec, len(tokenizer), tokenizer.bos_token_id)
         model.save_pretrained(staging, safe_serialization=True)
-        if target.exists():  # an earlier, incomplete build (no config.json)
-            shutil.rmtree(target)
-        os.rename(staging, target)
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        _move_into_place(staging, target, replace=force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
 
 
+def _move_into_place(staging: Path, target: Path, replace: bool) -> None:
+    if target.exists() and (replace or not (target / "config.json").exists()):
+        # Renamed aside first, so the target is never a mix of two builds.
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.rename(target, retired / target.name)
+        shutil.rmtree(retired)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(staging)  # another process finished the same build first
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", nargs="?", type=Path, default=DEFAULT_DIR)
     args = parser.parse_args(argv)
-    print(build(args.directory))
+    print(build(args.directory, force=True))
 
 
 if __name__ == "__main__":

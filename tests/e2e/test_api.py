@@ -114,7 +114,7 @@ async def test_list_models_names_the_tiny_model_with_its_replicas(mesh):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
         reply = await public_stub(channel).ListModels(inference_pb2.ListModelsRequest(), timeout=10)
     (model,) = reply.models
-    assert model.name == mesh.options.model and model.ready_replicas == 2 and model.is_default
+    assert model.name == "tiny-llama" and model.ready_replicas == 2 and model.is_default
     assert model.max_context_tokens > 0
 
 

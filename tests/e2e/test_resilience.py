@@ -29,7 +29,7 @@ async def test_both_replicas_serve_traffic(mesh):
 
 
 async def test_a_replica_that_registers_is_in_envoys_endpoints_within_2s(mesh):
-    cluster = generation_cluster_name(mesh.options.model)
+    cluster = generation_cluster_name("tiny-llama")  # the served name: the model directory's
     replica = await mesh.add_generation_replica("generation-3")
     registered_at = asyncio.get_running_loop().time()  # it prints READY once registered
     address = f"127.0.0.1:{replica.port}"

@@ -1,0 +1,58 @@
+"""Settings of a generation replica: MESHLLM_GENERATION_*, plus MESHLLM_ENGINE and MESHLLM_MODEL."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from meshllm.settings import ServiceSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY_MODEL_DIR = REPO_ROOT / ".meshllm" / "models" / "tiny-llama"
+
+
+def _replica_id() -> str:
+    return f"generation-{uuid.uuid4().hex[:8]}"
+
+
+class GenerationSettings(ServiceSettings):
+    """Defaults run the real vLLM engine on the tiny offline model on a laptop."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MESHLLM_GENERATION_", extra="ignore", populate_by_name=True
+    )
+
+    engine: Literal["vllm", "sim"] = Field(
+        default="vllm",
+        validation_alias=AliasChoices("engine", "MESHLLM_GENERATION_ENGINE", "MESHLLM_ENGINE"),
+    )
+    """"vllm" (the default) or "sim" (deterministic timing, no model; mesh load tests only)."""
+    model: str = Field(
+        default=str(TINY_MODEL_DIR),
+        validation_alias=AliasChoices("model", "MESHLLM_GENERATION_MODEL", "MESHLLM_MODEL"),
+    )
+    """A Hugging Face model id or a local directory; the default tiny model is built if missing."""
+    served_model_name: str = ""
+    """The name callers put in `model`; empty: a local directory's name, else the model id."""
+    replica_id: str = Field(default_factory=_replica_id)
+    max_model_len: int = 2048
+    """Longest prompt plus completion in tokens; 0 takes the model's own limit."""
+    kv_cache_gib: float = 1.0
+    """KV cache the engine reserves; small so several replicas fit on one machine."""
+    sim_time_to_first_token_seconds: float = 0.05
+    sim_inter_token_latency_seconds: float = 0.01
+
+    def model_name(self) -> str:
+        if self.served_model_name:
+            return self.served_model_name
+        # A local directory (existing, or a path still to build) is named after its last part;
+        # a Hugging Face id ("org/name") is its own name.
+        path = Path(self.model)
+        looks_local = path.is_absolute() or self.model.startswith(".") or path.is_dir()
+        return path.name if looks_local else self.model
+
+    def is_default_tiny_model(self) -> bool:
+        return Path(self.model).resolve() == TINY_MODEL_DIR

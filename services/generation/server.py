@@ -1,0 +1,144 @@
+"""The GenerationService servicer: protos in, engine calls, protos out."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
+from meshllm.api.inference.v1 import inference_pb2
+from meshllm.generate_input import InvalidInput, check_input, check_sampling
+from meshllm.logging import get_logger
+from meshllm.request_context import current_request_id
+from services.generation.engine import (
+    ChatTurn,
+    Delta,
+    Engine,
+    Finished,
+    FinishReason,
+    GenerationError,
+    GenerationRequest,
+    Started,
+    Step,
+)
+
+log = get_logger(__name__)
+
+ROLE_NAMES = {
+    inference_pb2.ROLE_SYSTEM: "system",
+    inference_pb2.ROLE_USER: "user",
+    inference_pb2.ROLE_ASSISTANT: "assistant",
+}
+FINISH_REASONS = {
+    FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
+    FinishReason.ABORTED: inference_pb2.FINISH_REASON_ABORTED,
+}
+
+
+def to_request(request: generation_pb2.GenerateRequest, fallback_id: str) -> GenerationRequest:
+    """Maps a GenerateRequest to the engine's plain request."""
+    kind = request.WhichOneof("input")
+    sampling = request.sampling
+    messages = None
+    if kind == "chat":
+        messages = tuple(
+            ChatTurn(role=ROLE_NAMES.get(m.role, ""), content=m.content)
+            for m in request.chat.messages
+        )
+    return GenerationRequest(
+        request_id=request.request_id or fallback_id,
+        messages=messages,
+        prompt=request.prompt if kind == "prompt" else None,
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature if sampling.HasField("temperature") else None,
+        top_p=sampling.top_p if sampling.HasField("top_p") else None,
+        seed=sampling.seed if sampling.HasField("seed") else None,
+        stop=tuple(sampling.stop),
+        model=request.model,
+    )
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(int(max(seconds, 0.0) * 1e9))
+    return duration
+
+
+def to_response(step: Step, replica_id: str, model: str) -> generation_pb2.GenerateResponse:
+    """Maps one engine step to one stream event."""
+    if isinstance(step, Started):
+        return generation_pb2.GenerateResponse(
+            started=generation_pb2.StartedEvent(
+                replica_id=replica_id, model=model, prompt_tokens=step.prompt_tokens
+            )
+        )
+    if isinstance(step, Delta):
+        return generation_pb2.GenerateResponse(
+            delta=inference_pb2.DeltaEvent(text=step.text, token_ids=step.token_ids)
+        )
+    assert isinstance(step, Finished)
+    return generation_pb2.GenerateResponse(
+        finished=inference_pb2.FinishedEvent(
+            finish_reason=FINISH_REASONS[step.finish_reason],
+            usage=inference_pb2.Usage(
+                prompt_tokens=step.prompt_tokens, completion_tokens=step.completion_tokens
+            ),
+            timings=inference_pb2.Timings(
+                queued=_duration(step.timings.queued),
+                time_to_first_token=_duration(step.timings.time_to_first_token),
+                total=_duration(step.timings.total),
+            ),
+        )
+    )
+
+
+class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
+    def __init__(self, engine: Engine, replica_id: str) -> None:
+        self._engine = engine
+        self._replica_id = replica_id
+        self._started_at = time.monotonic()
+
+    async def Generate(self, request, context):
+        try:
+            check_input(request.WhichOneof("input"), request.chat, request.prompt)
+            check_sampling(request.sampling, self._engine.max_context_tokens)
+        except InvalidInput as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        job = to_request(request, current_request_id() or uuid.uuid4().hex)
+        steps = self._engine.generate(job)
+        try:
+            async for step in steps:
+                yield to_response(step, self._replica_id, self._engine.model_name)
+        except GenerationError as error:
+            log.info("generate_rejected", code=error.code.name, reason=error.message)
+            await context.abort(grpc.StatusCode[error.code.name], error.message)
+        except asyncio.CancelledError:
+            # The caller went away: closing the stream aborts it in the engine (only this
+            # stream: another call may share the request id), then the cancel goes on.
+            await steps.aclose()
+            raise
+        except Exception:
+            log.exception("generate_failed", request_id=job.request_id)
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"the engine failed on request {job.request_id}; retry, and report it if it "
+                "happens again",
+            )
+        finally:
+            await steps.aclose()
+
+    async def GetLoad(self, request, context):
+        load = self._engine.load()
+        return generation_pb2.GetLoadResponse(
+            replica_id=self._replica_id,
+            model=self._engine.model_name,
+            running_requests=load.running,
+            waiting_requests=load.waiting,
+            kv_cache_usage=load.kv_cache_usage,
+            max_context_tokens=self._engine.max_context_tokens,
+            uptime=_duration(time.monotonic() - self._started_at),
+        )

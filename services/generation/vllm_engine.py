@@ -1,0 +1,226 @@
+"""The real engine: one vLLM `AsyncLLM` per replica.
+
+AsyncLLM runs its engine core (and a worker under it) in child processes. A clean shutdown
+stops them; if this process is killed outright, `ChildReaper`'s watchdog stops them. They also
+stay in this process's group (vLLM calls no setsid), so a supervisor can kill the group.
+
+Load: vLLM v1 pushes `SchedulerStats` (running, waiting, KV cache usage) from the engine core
+with its outputs after every engine step. We pass a stat logger (`SchedulerStatsRecorder`) to
+`AsyncLLM.from_engine_args(stat_loggers=...)`, which keeps the last snapshot; default stat
+loggers stay off (`disable_log_stats=True`), vLLM's Prometheus logger is always added by vLLM.
+The snapshot is only refreshed on engine steps, so `load()` also caps it by the frontend's own
+count of unfinished requests, which drops the moment a request is aborted.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+
+from services.generation.child_reaper import ChildReaper
+from services.generation.engine import (
+    Delta,
+    EngineLoad,
+    ErrorCode,
+    Finished,
+    FinishReason,
+    GenerationClock,
+    GenerationError,
+    GenerationRequest,
+    Started,
+    Step,
+    check_context,
+    validate_request,
+)
+
+GIB = 1024**3
+FINISH_REASONS = {"length": FinishReason.LENGTH, "stop": FinishReason.STOP}
+
+
+class SchedulerStatsRecorder:
+    """A vLLM stat logger that keeps the latest scheduler stats of each engine.
+
+    vLLM builds one per engine from the factory `SchedulerStatsRecorder.factory(snapshots)`.
+    """
+
+    def __init__(self, snapshots: dict[int, EngineLoad], engine_index: int) -> None:
+        self._snapshots = snapshots
+        self._engine_index = engine_index
+
+    @classmethod
+    def factory(cls, snapshots: dict[int, EngineLoad]):
+        def make(vllm_config, engine_index: int = 0) -> "SchedulerStatsRecorder":
+            return cls(snapshots, engine_index)
+
+        return make
+
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+        if scheduler_stats is not None:
+            self._snapshots[engine_idx] = EngineLoad(
+                running=scheduler_stats.num_running_reqs,
+                waiting=scheduler_stats.num_waiting_reqs,
+                kv_cache_usage=float(scheduler_stats.kv_cache_usage),
+            )
+
+    def log_engine_initialized(self) -> None:
+        return None
+
+    def log(self) -> None:
+        return None
+
+    def record_sleep_state(self, is_awake: int, level: int) -> None:
+        return None
+
+
+class VllmEngine:
+    """Implements `Engine` on vLLM's AsyncLLM."""
+
+    def __init__(
+        self,
+        model: str,
+        served_model_name: str | None = None,
+        max_model_len: int | None = None,
+        kv_cache_gib: float = 1.0,
+        enforce_eager: bool = True,
+    ) -> None:
+        self._model = model
+        self._served_model_name = served_model_name or model
+        self._max_model_len = max_model_len
+        self._kv_cache_gib = kv_cache_gib
+        self._enforce_eager = enforce_eager
+        self._llm = None
+        self._tokenizer = None
+        self._snapshots: dict[int, EngineLoad] = {}
+        self._reaper = ChildReaper()
+        self._engine_ids: dict[str, set[str]] = {}
+        self._stream_numbers = itertools.count(1)
+
+    @property
+    def model_name(self) -> str:
+        return self._served_model_name
+
+    @property
+    def max_context_tokens(self) -> int:
+        return int(self._llm.model_config.max_model_len)
+
+    async def start(self) -> None:
+        """Starts the engine core process and loads the model (blocks until it is ready)."""
+        # vLLM is imported here, not at module import, so the sim engine never pays for it.
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=self._model,
+            served_model_name=[self._served_model_name],
+            max_model_len=self._max_model_len,
+            kv_cache_memory_bytes=int(self._kv_cache_gib * GIB),
+            enforce_eager=self._enforce_eager,
+            disable_log_stats=True,
+        )
+        recorder = SchedulerStatsRecorder.factory(self._snapshots)
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[recorder])
+        self._tokenizer = self._llm.get_tokenizer()
+        self._reaper.watch_children()
+
+    def _prompt_token_ids(self, request: GenerationRequest) -> list[int]:
+        if request.messages is not None:
+            text = self._tokenizer.apply_chat_template(
+                [{"role": turn.role, "content": turn.content} for turn in request.messages],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            # The template already holds the special tokens (e.g. BOS).
+            return list(self._tokenizer.encode(text, add_special_tokens=False))
+        return list(self._tokenizer.encode(request.prompt))
+
+    def _sampling_params(self, request: GenerationRequest):
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        return SamplingParams(
+            max_tokens=request.max_tokens,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            seed=request.seed,
+            stop=list(request.stop) or None,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        clock = GenerationClock()
+        validate_request(request, self.model_name, self.max_context_tokens)
+        prompt_ids = self._prompt_token_ids(request)
+        check_context(len(prompt_ids), request.max_tokens, self.max_context_tokens)
+        try:
+            params = self._sampling_params(request)
+        except (ValueError, VLLMClientError) as error:
+            raise GenerationError(ErrorCode.INVALID_ARGUMENT, str(error)) from error
+        yield Started(prompt_tokens=len(prompt_ids))
+
+        # Callers' request ids need not be unique (a retry may reuse one); vLLM aborts by id,
+        # so each stream gets its own engine id and cancelling one never aborts another.
+        engine_id = f"{request.request_id}-{next(self._stream_numbers)}"
+        self._engine_ids.setdefault(request.request_id, set()).add(engine_id)
+        outputs = self._llm.generate({"prompt_token_ids": prompt_ids}, params, engine_id)
+        reason, completion = FinishReason.ABORTED, 0
+        try:
+            async for output in outputs:
+                if output.metrics is not None and output.metrics.scheduled_ts:
+                    # Engine-core timestamps are on the same host-wide monotonic clock.
+                    clock.mark_scheduled(output.metrics.scheduled_ts)
+                choice = output.outputs[0]
+                if choice.token_ids:
+                    clock.mark_token()
+                    completion += len(choice.token_ids)
+                    yield Delta(text=choice.text, token_ids=tuple(choice.token_ids))
+                if output.finished:
+                    reason = FINISH_REASONS.get(choice.finish_reason, FinishReason.ABORTED)
+        except (asyncio.CancelledError, GeneratorExit):
+            # The caller went away: no tokens for nobody. vLLM's generate() aborts too;
+            # abort is idempotent and this covers the gap before its queue exists.
+            await self._llm.abort(engine_id)
+            raise
+        except VLLMClientError as error:
+            raise GenerationError(ErrorCode.INVALID_ARGUMENT, str(error)) from error
+        except EngineDeadError as error:
+            raise GenerationError(
+                ErrorCode.UNAVAILABLE, "the engine of this replica died; retry on another"
+            ) from error
+        finally:
+            await outputs.aclose()
+            streams = self._engine_ids[request.request_id]
+            streams.discard(engine_id)
+            if not streams:
+                del self._engine_ids[request.request_id]
+        yield Finished(reason, len(prompt_ids), completion, clock.timings())
+
+    async def abort(self, request_id: str) -> None:
+        """Aborts every stream running under the caller's request id."""
+        engine_ids = self._engine_ids.get(request_id)
+        if engine_ids:
+            await self._llm.abort(list(engine_ids))
+
+    def load(self) -> EngineLoad:
+        if self._llm is None:
+            return EngineLoad(running=0, waiting=0, kv_cache_usage=0.0)
+        unfinished = self._llm.get_num_unfinished_requests()
+        running = waiting = 0
+        kv_cache_usage = 0.0
+        for snapshot in self._snapshots.values():
+            running += snapshot.running
+            waiting += snapshot.waiting
+            kv_cache_usage = max(kv_cache_usage, snapshot.kv_cache_usage)
+        running = min(running, unfinished)
+        waiting = min(waiting, unfinished - running)
+        if unfinished == 0:
+            kv_cache_usage = 0.0
+        return EngineLoad(running=running, waiting=waiting, kv_cache_usage=kv_cache_usage)
+
+    async def shutdown(self) -> None:
+        """Stops the engine core and its worker; safe to call twice."""
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+        self._reaper.stop()
