@@ -47,9 +47,9 @@ def test_readme_grpcurl_generate_streams_deltas_then_finished_with_max_tokens(me
     assert names[0] == "started" and names[-1] == "finished"
     assert names.count("delta") >= 2
     finished = events[-1]["finished"]
-    assert int(finished["usage"]["completionTokens"]) == payload["sampling"]["max_tokens"]
-    assert finished["finishReason"] == "FINISH_REASON_LENGTH"
-    assert events[0]["started"]["routeReason"]
+    assert int(finished["usage"]["completion_tokens"]) == payload["sampling"]["max_tokens"]
+    assert finished["finish_reason"] == "FINISH_REASON_LENGTH"
+    assert events[0]["started"]["route_reason"]
 
 
 async def test_stream_carries_started_deltas_and_finished_with_usage_and_timings(mesh):
