@@ -72,7 +72,7 @@ class GenerationClient:
                 elif kind == "finished":
                     yield inference_pb2.GenerateResponse(
                         finished=self._finished(call, event.finished, first_token_at))
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             stream.cancel()  # the caller went away: generation must stop working for nobody
             raise
         except grpc.aio.AioRpcError as error:

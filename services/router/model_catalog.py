@@ -1,4 +1,5 @@
 """The router's view of the models the registry has replicas for, refreshed on demand."""
+import asyncio
 import time
 
 import grpc
@@ -30,15 +31,24 @@ class ModelCatalog:
         self._refresh_seconds = refresh_seconds
         self._pools: dict[str, ModelPool] = {}
         self._fetched_at = float("-inf")
+        self._refreshing = asyncio.Lock()
 
     async def pools(self) -> dict[str, ModelPool]:
-        if time.monotonic() - self._fetched_at < self._refresh_seconds:
+        if self._fresh():
             return self._pools
+        async with self._refreshing:  # one registry call per refresh, however many requests wait
+            if not self._fresh():
+                await self._refresh()
+        return self._pools
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._fetched_at < self._refresh_seconds
+
+    async def _refresh(self) -> None:
         try:
             reply = await self._stub.ListReplicas(
                 registry_pb2.ListReplicasRequest(service="generation"), timeout=1)
+            self._pools = pools_from_replicas(reply.replicas)
         except grpc.aio.AioRpcError:
-            return self._pools
-        self._pools = pools_from_replicas(reply.replicas)
+            pass  # keep the last answer; ask again after the next refresh interval, not sooner
         self._fetched_at = time.monotonic()
-        return self._pools
