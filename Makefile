@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: help up test test-unit test-integration test-e2e protos lint-protos model bench clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements/cpu.lock pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -52,11 +52,18 @@ up: protos model ## run control plane, Envoy, router and generation in the foreg
 test: protos model node_modules/.installed lint-protos ## install what is missing and run the whole suite
 	$(PY) -m pytest -q tests
 
-test-unit: protos ## the fast tier only
+test-unit: protos ## the fast tier only: pure, seconds
 	$(PY) -m pytest -q tests/unit
+
+test-integration: protos model ## real servers on free ports (one vLLM replica)
+	$(PY) -m pytest -q tests/integration
+
+test-e2e: protos model node_modules/.installed ## the whole mesh: Envoy, router, vLLM replicas
+	$(PY) -m pytest -q tests/e2e
 
 bench: protos ## sim engine: direct replica vs Envoy + router, 1/16/64 streams
 	$(PY) -m bench.overhead
 
 clean: ## remove everything make built
-	rm -rf $(VENV) node_modules .meshllm $(API)/*_pb2* $(API)/.generated
+	rm -rf $(VENV) node_modules .meshllm $(API)/.generated
+	find $(API) -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +

@@ -3,11 +3,11 @@
 # protoc names modules after proto paths (meshllm.inference.v1...); the stubs live under the
 # meshllm.api package, so the generated imports are rewritten to that prefix here, never by hand.
 set -euo pipefail
-py=$1 src=$2 out=$3
+py="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")" src=$2 out=$3
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mapfile -t protos < <(cd "$src" && find meshllm -name '*.proto' | sort)
-(cd "$src" && "$OLDPWD/$py" -m grpc_tools.protoc -I . \
+(cd "$src" && "$py" -m grpc_tools.protoc -I . \
   --python_out="$tmp" --grpc_python_out="$tmp" \
   --mypy_out="$tmp" --mypy_grpc_out="$tmp" "${protos[@]}")
 # .py: only import lines (the serialized descriptors hold the proto package names and must

@@ -9,6 +9,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 READY_LINE = re.compile(r"READY port=(\d+)")
+# Longer than a service's drain grace (MESHLLM_*_DRAIN_GRACE_SECONDS, 20 s) plus engine shutdown.
+STOP_GRACE_SECONDS = 30.0
+OUTPUT_LINE_LIMIT = 1024 * 1024
 
 
 @dataclass
@@ -33,6 +36,7 @@ class ManagedProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            limit=OUTPUT_LINE_LIMIT,
         )
         ready = asyncio.get_running_loop().create_future()
         self._pump = asyncio.create_task(self._forward_output(ready))
@@ -75,11 +79,14 @@ class ManagedProcess:
         except ProcessLookupError:
             pass
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to the group (the service drains), SIGKILL once the grace runs out."""
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """SIGTERM to the process itself, so it drains (vLLM's engine core, in the same group,
+        would abort every request on a SIGTERM of its own); then SIGKILL to the whole group,
+        once it has exited or the grace has run out, so no child outlives it."""
         if self.process is None:
             return
-        self.signal_group(signal.SIGTERM)
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.process.wait(), grace)
         except asyncio.TimeoutError:
@@ -109,7 +116,7 @@ class Supervisor:
         self.processes.append(process)
         return await process.start(timeout)
 
-    async def stop_all(self, grace: float = 10.0) -> None:
+    async def stop_all(self, grace: float = STOP_GRACE_SECONDS) -> None:
         for process in reversed(self.processes):
             await process.stop(grace)
         self.processes.clear()

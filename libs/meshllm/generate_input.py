@@ -31,15 +31,10 @@ def check_input(kind: str | None, chat: inference_pb2.Conversation, prompt: str)
             raise InvalidInput(f"chat.messages[{index}].role {message.role} is not a known role")
 
 
-def check_sampling(sampling: inference_pb2.SamplingParams, max_context_tokens: int) -> None:
-    """max_context_tokens bounds max_tokens alone here; the engine, which knows the prompt's
-    length, checks prompt plus completion."""
+def check_sampling(sampling: inference_pb2.SamplingParams) -> None:
+    """Rules that hold whatever the model; `check_fits_context` adds the model's limit."""
     if sampling.max_tokens < 1:
         raise InvalidInput(f"sampling.max_tokens must be at least 1, got {sampling.max_tokens}")
-    if max_context_tokens and sampling.max_tokens >= max_context_tokens:
-        raise InvalidInput(
-            f"sampling.max_tokens {sampling.max_tokens} does not fit the model's context of "
-            f"{max_context_tokens} tokens (prompt included): ask for fewer")
     if sampling.HasField("temperature") and not 0 <= sampling.temperature <= 100:
         raise InvalidInput(f"sampling.temperature must be between 0 and 100, got {sampling.temperature}")
     if sampling.HasField("top_p") and not 0 < sampling.top_p <= 1:
@@ -49,3 +44,13 @@ def check_sampling(sampling: inference_pb2.SamplingParams, max_context_tokens: i
     for index, stop in enumerate(sampling.stop):
         if not stop or len(stop) > MAX_STOP_LENGTH:
             raise InvalidInput(f"sampling.stop[{index}] must be 1 to {MAX_STOP_LENGTH} characters")
+
+
+def check_fits_context(max_tokens: int, max_context_tokens: int) -> None:
+    """max_tokens alone against the model's context; the engine, which knows the prompt's
+    length, checks prompt plus completion."""
+    if max_tokens >= max_context_tokens:
+        raise InvalidInput(
+            f"sampling.max_tokens {max_tokens} does not fit the model's context of "
+            f"{max_context_tokens} tokens (prompt included): ask for at most "
+            f"{max_context_tokens - 1}")

@@ -8,6 +8,7 @@ import asyncio
 import contextvars
 import time
 import uuid
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -144,7 +145,8 @@ def _wrap_stream(behaviour, method: str):
     async def stream(request, context) -> AsyncIterator:
         with _CallScope(method, context):
             await _reject_unparseable(request, context, method)
-            async for message in behaviour(request, context):
-                yield message
+            async with aclosing(behaviour(request, context)) as messages:
+                async for message in messages:
+                    yield message
 
     return stream

@@ -1,7 +1,8 @@
 """Runs the control plane: `python -m services.controlplane`."""
 import asyncio
 
-from meshllm.logging import configure_logging, get_logger
+from meshllm.logging import get_logger
+from meshllm.observability import configure_observability
 from services.controlplane.app import ControlPlane
 from services.controlplane.config import ControlPlaneSettings
 
@@ -22,7 +23,7 @@ async def serve(settings: ControlPlaneSettings) -> None:
 
 def main() -> None:
     settings = ControlPlaneSettings()
-    configure_logging(service="controlplane", level=settings.log_level)
+    configure_observability("controlplane", settings)
     asyncio.run(serve(settings))
 
 

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2
 
 from meshllm.logging import get_logger
+from services.controlplane.resources import pack
 from services.controlplane.snapshot import CLUSTER, ENDPOINT, PUSH_ORDER, Snapshot, SnapshotCache
 
 log = get_logger(__name__)
@@ -120,17 +120,11 @@ class AdsStream:
             sub.sent_version, sub.sent_names, sub.pending = current.version, frozenset(names), False
             out.append(discovery_pb2.DiscoveryResponse(
                 version_info=current.version, type_url=type_url, nonce=sub.nonce,
-                resources=[_pack(current.by_name[n]) for n in names]))
+                resources=[pack(current.by_name[n]) for n in names]))
             self.callbacks.on_response(self.stream_id, type_url, current.version, names)
             if type_url == CLUSTER and ENDPOINT in self._subs:
                 self._subs[ENDPOINT].pending = True
         return out
-
-
-def _pack(message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 _stream_ids = itertools.count(1)

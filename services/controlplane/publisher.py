@@ -35,7 +35,7 @@ class SnapshotPublisher:
 
     async def run(self) -> None:
         """Publishes now, then on every registry change and lease expiry, until cancelled."""
-        self.publish()
+        self._publish_keeping_last_good()
         while True:
             try:
                 await asyncio.wait_for(self._dirty.wait(),
@@ -45,4 +45,12 @@ class SnapshotPublisher:
             for replica in self.registry.expire():
                 log.info("lease_expired", replica_id=replica.replica_id, service=replica.service)
             self._dirty.clear()
+            self._publish_keeping_last_good()
+
+    def _publish_keeping_last_good(self) -> None:
+        """A failing build must not end the loop: Envoy keeps the last good snapshot, the
+        error is logged, and the next registry change tries again."""
+        try:
             self.publish()
+        except Exception:
+            log.exception("snapshot_build_failed")

@@ -20,12 +20,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
+
+from meshllm.protos import MODEL_HEADER, duration
 
 PUBLIC_LISTENER = "public"
 MESH_LISTENER = "mesh"
 ROUTER_CLUSTER = "router"
-MODEL_HEADER = "x-meshllm-model"
 GENERATION_PREFIX = "/meshllm.generation.v1.GenerationService/"
 # What a caller sees when its model has no pool: Envoy turns a local reply to a gRPC request
 # into a trailers-only response, mapping HTTP 404 to grpc-status 12 (UNIMPLEMENTED).
@@ -61,13 +62,7 @@ def service_cluster_name(service: str) -> str:
     return service
 
 
-def _seconds(value: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(round(value * 1e9))
-    return duration
-
-
-def _pack(message) -> any_pb2.Any:
+def pack(message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -89,11 +84,11 @@ def cluster(name: str, layout: EnvoyLayout) -> cluster_pb2.Cluster:
         name=name,
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
-        connect_timeout=_seconds(layout.connect_timeout_seconds),
+        connect_timeout=duration(layout.connect_timeout_seconds),
         # Streams differ a lot in length; least-request spreads them better than round robin.
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
         typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(h2)},
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(h2)},
         circuit_breakers=circuit_breaker_pb2.CircuitBreakers(thresholds=[
             circuit_breaker_pb2.CircuitBreakers.Thresholds(
                 max_connections=limit, max_pending_requests=limit, max_requests=limit,
@@ -107,8 +102,8 @@ def cluster(name: str, layout: EnvoyLayout) -> cluster_pb2.Cluster:
             consecutive_5xx=wrappers_pb2.UInt32Value(value=5),
             consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=3),
             enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
-            interval=_seconds(1.0),
-            base_ejection_time=_seconds(5.0),
+            interval=duration(1.0),
+            base_ejection_time=duration(5.0),
             max_ejection_percent=wrappers_pb2.UInt32Value(value=100)),
     )
 
@@ -144,15 +139,15 @@ def _streaming_route_action(cluster_name: str) -> route_components_pb2.RouteActi
     """
     return route_components_pb2.RouteAction(
         cluster=cluster_name,
-        timeout=_seconds(0),
+        timeout=duration(0),
         max_stream_duration=route_components_pb2.RouteAction.MaxStreamDuration(
-            grpc_timeout_header_max=_seconds(0)),
+            grpc_timeout_header_max=duration(0)),
         retry_policy=route_components_pb2.RetryPolicy(
             retry_on="connect-failure,refused-stream,unavailable,reset",
             num_retries=wrappers_pb2.UInt32Value(value=2),
             retry_host_predicate=[route_components_pb2.RetryPolicy.RetryHostPredicate(
                 name="envoy.retry_host_predicates.previous_hosts",
-                typed_config=_pack(previous_hosts_pb2.PreviousHostsPredicate()))],
+                typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()))],
             host_selection_retry_max_attempts=3))
 
 
@@ -214,9 +209,9 @@ def listener(name: str, port: int, layout: EnvoyLayout,
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=name,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        stream_idle_timeout=_seconds(layout.stream_idle_timeout_seconds),
+        stream_idle_timeout=duration(layout.stream_idle_timeout_seconds),
         http_filters=[*http_filters, hcm_pb2.HttpFilter(
-            name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))],
+            name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
     )
     if route_config is None:
         manager.rds.CopyFrom(hcm_pb2.Rds(config_source=_ads(), route_config_name=name))
@@ -229,7 +224,7 @@ def listener(name: str, port: int, layout: EnvoyLayout,
         filter_chains=[listener_components_pb2.FilterChain(filters=[
             listener_components_pb2.Filter(
                 name="envoy.filters.network.http_connection_manager",
-                typed_config=_pack(manager))])])
+                typed_config=pack(manager))])])
 
 
 def listeners(layout: EnvoyLayout) -> list[listener_pb2.Listener]:

@@ -3,11 +3,12 @@ from types import MappingProxyType
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from meshllm.api.controlplane.v1 import registry_pb2, registry_pb2_grpc
+from meshllm.protos import duration
 from services.controlplane.ads import AdsCallbacks, serve_stream
 from services.controlplane.registry import InvalidReplica, Replica, ReplicaRegistry
 from services.controlplane.snapshot import SnapshotCache
@@ -28,12 +29,6 @@ def replica_to_proto(replica: Replica) -> registry_pb2.Replica:
         max_context_tokens=replica.max_context_tokens, labels=dict(replica.labels))
 
 
-def _ttl(seconds: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
-
-
 async def _abort_invalid(context: grpc.aio.ServicerContext, error: InvalidReplica) -> None:
     """INVALID_ARGUMENT with a google.rpc.BadRequest naming the field."""
     detail = any_pb2.Any()
@@ -52,7 +47,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             ttl = self._registry.register(replica_from_proto(request.replica))
         except InvalidReplica as error:
             await _abort_invalid(context, error)
-        return registry_pb2.RegisterReplicaResponse(lease_ttl=_ttl(ttl))
+        return registry_pb2.RegisterReplicaResponse(lease_ttl=duration(ttl))
 
     async def Heartbeat(self, request, context):
         if not request.replica_id:
@@ -62,7 +57,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"replica {request.replica_id!r} has no lease (it expired or was never "
                 "registered): lease expired, register again")
-        return registry_pb2.HeartbeatResponse(lease_ttl=_ttl(self._registry.lease_ttl))
+        return registry_pb2.HeartbeatResponse(lease_ttl=duration(self._registry.lease_ttl))
 
     async def DeregisterReplica(self, request, context):
         # Idempotent: a replica that drains after its lease ran out still gets OK.

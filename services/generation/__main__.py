@@ -18,7 +18,8 @@ import sys
 
 from meshllm.api.controlplane.v1 import registry_pb2
 from meshllm.api.generation.v1 import generation_pb2_grpc
-from meshllm.logging import configure_logging, get_logger
+from meshllm.logging import get_logger
+from meshllm.observability import configure_observability
 from meshllm.registration import ReplicaRegistration
 from meshllm.server import MeshServer
 from services.generation.config import TINY_MODEL_DIR, GenerationSettings
@@ -71,10 +72,12 @@ async def serve(settings: GenerationSettings) -> None:
         server = MeshServer(settings, service="generation")
         server.add_service(
             generation_pb2_grpc.add_GenerationServiceServicer_to_server,
-            GenerationServicer(engine, settings.replica_id),
+            GenerationServicer(engine, settings.replica_id, settings.max_waiting_requests),
             "meshllm.generation.v1.GenerationService",
         )
         port = await server.start()
+        if stop_early.is_set():  # a signal that came before the server took signals over
+            server.request_shutdown()
         registration = None
         if settings.controlplane_address:
             registration = ReplicaRegistration(
@@ -108,7 +111,7 @@ def main() -> None:
     # logs to stdout unless told otherwise.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     settings = GenerationSettings()
-    configure_logging("generation", settings.log_level)
+    configure_observability("generation", settings)
     asyncio.run(serve(settings))
     sys.stdout.flush()
 

@@ -42,6 +42,8 @@ class GenerationSettings(ServiceSettings):
     """Longest prompt plus completion in tokens; 0 takes the model's own limit."""
     kv_cache_gib: float = 1.0
     """KV cache the engine reserves; small so several replicas fit on one machine."""
+    max_waiting_requests: int = 64
+    """Requests past this many waiting in the engine's queue get RESOURCE_EXHAUSTED."""
     sim_time_to_first_token_seconds: float = 0.05
     sim_inter_token_latency_seconds: float = 0.01
 

@@ -11,14 +11,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, Union
 
-ROLES = ("system", "user", "assistant")
-
 
 class ErrorCode(enum.Enum):
     """The gRPC status a `GenerationError` becomes; names match `grpc.StatusCode`."""
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     NOT_FOUND = "NOT_FOUND"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
@@ -132,33 +131,14 @@ class Engine(Protocol):
 
 
 def validate_request(request: GenerationRequest, model_name: str, max_context_tokens: int) -> None:
-    """Checks everything that does not need the tokenizer; raises `GenerationError`."""
+    """What only this replica can judge: its model and its context. The input's own rules
+    (messages, roles, sampling ranges) are `meshllm.generate_input`'s, checked by the servicer
+    with the same wording the router uses."""
     if request.model and request.model != model_name:
         raise GenerationError(
             ErrorCode.NOT_FOUND,
             f"model {request.model!r} is not served by this replica; it serves {model_name!r} "
             "(leave model empty to accept it)",
-        )
-    if request.messages is not None:
-        if not request.messages:
-            raise GenerationError(
-                ErrorCode.INVALID_ARGUMENT, "chat needs at least one message; got none"
-            )
-        for index, turn in enumerate(request.messages):
-            if turn.role not in ROLES:
-                raise GenerationError(
-                    ErrorCode.INVALID_ARGUMENT,
-                    f"messages[{index}].role must be one of {', '.join(ROLES)}; it is not set",
-                )
-    elif not request.prompt:
-        raise GenerationError(
-            ErrorCode.INVALID_ARGUMENT,
-            "input is required: send chat with at least one message, or a non-empty prompt",
-        )
-    if request.max_tokens < 1:
-        raise GenerationError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"max_tokens must be between 1 and {max_context_tokens - 1}, got {request.max_tokens}",
         )
     if request.max_tokens >= max_context_tokens:
         raise GenerationError(
@@ -166,14 +146,16 @@ def validate_request(request: GenerationRequest, model_name: str, max_context_to
             f"max_tokens {request.max_tokens} leaves no room for the prompt in this model's "
             f"context of {max_context_tokens} tokens; ask for at most {max_context_tokens - 1}",
         )
-    if request.temperature is not None and not request.temperature >= 0:
+
+
+def check_admission(load: EngineLoad, max_waiting_requests: int) -> None:
+    """vLLM queues without limit, so overload would show up as minutes of time to first
+    token; past `max_waiting_requests` waiting, a request is refused at once instead."""
+    if load.waiting >= max_waiting_requests:
         raise GenerationError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"temperature must be 0 or more, got {request.temperature}",
-        )
-    if request.top_p is not None and not 0 < request.top_p <= 1:
-        raise GenerationError(
-            ErrorCode.INVALID_ARGUMENT, f"top_p must be in (0, 1], got {request.top_p}"
+            ErrorCode.RESOURCE_EXHAUSTED,
+            f"this replica already has {load.waiting} requests waiting for the engine (limit "
+            f"{max_waiting_requests}); retry shortly or on another replica",
         )
 
 

@@ -6,12 +6,12 @@ import time
 import uuid
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2
-from meshllm.generate_input import InvalidInput, check_input, check_sampling
+from meshllm.generate_input import InvalidInput, check_fits_context, check_input, check_sampling
 from meshllm.logging import get_logger
+from meshllm.protos import duration
 from meshllm.request_context import current_request_id
 from services.generation.engine import (
     ChatTurn,
@@ -23,6 +23,7 @@ from services.generation.engine import (
     GenerationRequest,
     Started,
     Step,
+    check_admission,
 )
 
 log = get_logger(__name__)
@@ -62,11 +63,6 @@ def to_request(request: generation_pb2.GenerateRequest, fallback_id: str) -> Gen
     )
 
 
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(int(max(seconds, 0.0) * 1e9))
-    return duration
-
 
 def to_response(step: Step, replica_id: str, model: str) -> generation_pb2.GenerateResponse:
     """Maps one engine step to one stream event."""
@@ -88,26 +84,32 @@ def to_response(step: Step, replica_id: str, model: str) -> generation_pb2.Gener
                 prompt_tokens=step.prompt_tokens, completion_tokens=step.completion_tokens
             ),
             timings=inference_pb2.Timings(
-                queued=_duration(step.timings.queued),
-                time_to_first_token=_duration(step.timings.time_to_first_token),
-                total=_duration(step.timings.total),
+                queued=duration(step.timings.queued),
+                time_to_first_token=duration(step.timings.time_to_first_token),
+                total=duration(step.timings.total),
             ),
         )
     )
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
-    def __init__(self, engine: Engine, replica_id: str) -> None:
+    def __init__(self, engine: Engine, replica_id: str, max_waiting_requests: int) -> None:
         self._engine = engine
         self._replica_id = replica_id
+        self._max_waiting_requests = max_waiting_requests
         self._started_at = time.monotonic()
 
     async def Generate(self, request, context):
         try:
             check_input(request.WhichOneof("input"), request.chat, request.prompt)
-            check_sampling(request.sampling, self._engine.max_context_tokens)
+            check_sampling(request.sampling)
+            check_fits_context(request.sampling.max_tokens, self._engine.max_context_tokens)
         except InvalidInput as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            check_admission(self._engine.load(), self._max_waiting_requests)
+        except GenerationError as error:
+            await context.abort(grpc.StatusCode[error.code.name], error.message)
         job = to_request(request, current_request_id() or uuid.uuid4().hex)
         steps = self._engine.generate(job)
         try:
@@ -140,5 +142,5 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             waiting_requests=load.waiting,
             kv_cache_usage=load.kv_cache_usage,
             max_context_tokens=self._engine.max_context_tokens,
-            uptime=_duration(time.monotonic() - self._started_at),
+            uptime=duration(time.monotonic() - self._started_at),
         )

@@ -151,7 +151,9 @@ class VllmEngine:
 
         clock = GenerationClock()
         validate_request(request, self.model_name, self.max_context_tokens)
-        prompt_ids = self._prompt_token_ids(request)
+        # Templating and tokenizing a long prompt takes milliseconds: off the event loop, so
+        # the streams of other requests keep flowing meanwhile.
+        prompt_ids = await asyncio.to_thread(self._prompt_token_ids, request)
         check_context(len(prompt_ids), request.max_tokens, self.max_context_tokens)
         try:
             params = self._sampling_params(request)

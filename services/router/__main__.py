@@ -5,10 +5,9 @@ import grpc
 
 from meshllm.api.controlplane.v1 import registry_pb2
 from meshllm.api.inference.v1 import inference_pb2_grpc
-from meshllm.logging import configure_logging
+from meshllm.observability import configure_observability
 from meshllm.registration import ReplicaRegistration
 from meshllm.server import MeshServer
-from meshllm.tracing import configure_tracing
 from services.router.config import RouterSettings
 from services.router.generation_client import GenerationClient
 from services.router.model_catalog import ModelCatalog
@@ -20,7 +19,8 @@ from services.router.stages import ChooseModel, check_request
 async def main(settings: RouterSettings) -> None:
     mesh = grpc.aio.insecure_channel(settings.mesh_address)
     controlplane = grpc.aio.insecure_channel(settings.controlplane_address)
-    catalog = ModelCatalog(controlplane, settings.catalog_refresh_seconds)
+    catalog = ModelCatalog(controlplane, settings.catalog_refresh_seconds,
+                           settings.catalog_forget_after_seconds)
     pipeline = Pipeline([check_request, ChooseModel(catalog, settings.default_model)],
                         last=GenerationClient(mesh))
     server = MeshServer(settings, service="router")
@@ -42,6 +42,5 @@ async def main(settings: RouterSettings) -> None:
 
 if __name__ == "__main__":
     settings = RouterSettings()
-    configure_logging("router", settings.log_level)
-    configure_tracing("router", settings.otel_console)
+    configure_observability("router", settings)
     asyncio.run(main(settings))

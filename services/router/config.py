@@ -13,5 +13,8 @@ class RouterSettings(ServiceSettings):
     """Model for requests that name none; empty means: the only model, if there is one."""
     catalog_refresh_seconds: float = 1.0
     """How stale the router's view of the registry's models may get."""
+    catalog_forget_after_seconds: float = 10.0
+    """A model the registry stops listing stays routable this long (a control plane that
+    restarted lists nothing until replicas re-register); longer than a lease TTL."""
     replica_id: str = ""
     """Id to register under; empty makes one from host and port."""

@@ -1,19 +1,17 @@
 """The pipeline's last stage: one generation through Envoy's mesh listener, as public events."""
-import asyncio
 import time
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 from prometheus_client import Counter
 
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2
 from meshllm.logging import get_logger
+from meshllm.protos import MODEL_HEADER, duration
 from meshllm.request_context import outgoing_metadata
 from services.router.errors import RequestRejected
 from services.router.pipeline import Events, GenerationCall
 
-MODEL_HEADER = "x-meshllm-model"
 MIDSTREAM_FAILURES = Counter(
     "meshllm_router_midstream_failures",
     "Generation streams that broke after their first event (Envoy cannot retry these)",
@@ -27,11 +25,6 @@ _CALLER_CODES = {
 }
 log = get_logger(__name__)
 
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(int(seconds * 1e9))
-    return duration
 
 
 def to_generation_request(call: GenerationCall) -> generation_pb2.GenerateRequest:
@@ -72,11 +65,12 @@ class GenerationClient:
                 elif kind == "finished":
                     yield inference_pb2.GenerateResponse(
                         finished=self._finished(call, event.finished, first_token_at))
-        except (asyncio.CancelledError, GeneratorExit):
-            stream.cancel()  # the caller went away: generation must stop working for nobody
-            raise
         except grpc.aio.AioRpcError as error:
             raise self._rejection(error, model, replica) from None
+        finally:
+            # However this generator ends (the caller went away, the task was cancelled while
+            # blocked on a slow client), generation must stop working for nobody.
+            stream.cancel()
 
     @staticmethod
     def _finished(call: GenerationCall, upstream: inference_pb2.FinishedEvent,
@@ -85,8 +79,8 @@ class GenerationClient:
         now = time.perf_counter()
         timings = inference_pb2.Timings(
             queued=upstream.timings.queued,
-            time_to_first_token=_duration((first_token_at or now) - call.arrived),
-            total=_duration(now - call.arrived),
+            time_to_first_token=duration((first_token_at or now) - call.arrived),
+            total=duration(now - call.arrived),
         )
         return inference_pb2.FinishedEvent(
             finish_reason=upstream.finish_reason, usage=upstream.usage, timings=timings)
@@ -94,6 +88,8 @@ class GenerationClient:
     @staticmethod
     def _rejection(error: grpc.aio.AioRpcError, model: str, replica: str) -> RequestRejected:
         code, details = error.code(), error.details() or ""
+        if code in _CALLER_CODES:
+            return RequestRejected(code, details)
         if replica:
             # Past the response headers Envoy can neither retry nor eject: say so and count it.
             MIDSTREAM_FAILURES.labels(model).inc()
@@ -103,8 +99,6 @@ class GenerationClient:
                 grpc.StatusCode.UNAVAILABLE,
                 f"replica {replica} of model {model!r} failed mid-stream ({code.name}: "
                 f"{details}); the text received so far is incomplete, retry the request")
-        if code in _CALLER_CODES:
-            return RequestRejected(code, details)
         return RequestRejected(
             grpc.StatusCode.UNAVAILABLE,
             f"no replica of model {model!r} could take the request ({code.name}: {details}); "

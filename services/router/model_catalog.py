@@ -1,6 +1,7 @@
 """The router's view of the models the registry has replicas for, refreshed on demand."""
 import asyncio
 import time
+from dataclasses import replace
 
 import grpc
 
@@ -22,14 +23,33 @@ def pools_from_replicas(replicas) -> dict[str, ModelPool]:
     return pools
 
 
+def keep_recent_pools(previous: dict[str, ModelPool], fresh: dict[str, ModelPool],
+                      last_seen: dict[str, float], now: float,
+                      forget_after: float) -> dict[str, ModelPool]:
+    """The registry's answer, plus pools it stopped listing less than `forget_after` ago.
+
+    A control plane that just restarted lists nothing until replicas re-register (one
+    heartbeat), while Envoy still has their endpoints: the router must not call those
+    models unknown meanwhile. Such pools are kept, with no ready replica counted."""
+    for name in fresh:
+        last_seen[name] = now
+    for name in [name for name in last_seen if now - last_seen[name] >= forget_after]:
+        del last_seen[name]
+    recent = {name: replace(pool, ready_replicas=0) for name, pool in previous.items()
+              if name not in fresh and name in last_seen}
+    return {**recent, **fresh}
+
+
 class ModelCatalog:
     """Asks the registry at most once per `refresh_seconds`; keeps the last answer if the
     control plane is unreachable, so the data path does not depend on it being up."""
 
-    def __init__(self, channel: grpc.aio.Channel, refresh_seconds: float):
+    def __init__(self, channel: grpc.aio.Channel, refresh_seconds: float, forget_after: float):
         self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
         self._refresh_seconds = refresh_seconds
+        self._forget_after = forget_after
         self._pools: dict[str, ModelPool] = {}
+        self._last_seen: dict[str, float] = {}
         self._fetched_at = float("-inf")
         self._refreshing = asyncio.Lock()
 
@@ -48,7 +68,8 @@ class ModelCatalog:
         try:
             reply = await self._stub.ListReplicas(
                 registry_pb2.ListReplicasRequest(service="generation"), timeout=1)
-            self._pools = pools_from_replicas(reply.replicas)
+            self._pools = keep_recent_pools(self._pools, pools_from_replicas(reply.replicas),
+                                            self._last_seen, time.monotonic(), self._forget_after)
         except grpc.aio.AioRpcError:
             pass  # keep the last answer; ask again after the next refresh interval, not sooner
         self._fetched_at = time.monotonic()

@@ -1,4 +1,6 @@
 """The public InferenceService: protos in, the pipeline, protos out."""
+from contextlib import aclosing
+
 import grpc
 
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -17,8 +19,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Generate(self, request, context: grpc.aio.ServicerContext):
         call = GenerationCall(request, current_request_id(), context.time_remaining)
         try:
-            async for event in self._pipeline.run(call):
-                yield event
+            async with aclosing(self._pipeline.run(call)) as events:
+                async for event in events:
+                    yield event
         except RequestRejected as rejection:
             await context.abort(rejection.code, rejection.message)
 

@@ -1,7 +1,9 @@
 """The stages the router runs before generation: check the request, choose the model."""
+from contextlib import aclosing
+
 import grpc
 
-from meshllm.generate_input import InvalidInput, check_input, check_sampling
+from meshllm.generate_input import InvalidInput, check_fits_context, check_input, check_sampling
 from services.router.errors import RequestRejected
 from services.router.model_catalog import ModelCatalog
 from services.router.model_choice import choose_model
@@ -13,11 +15,12 @@ async def check_request(call: GenerationCall, next_stage: Next) -> Events:
     request = call.request
     try:
         check_input(request.WhichOneof("input"), request.chat, request.prompt)
-        check_sampling(request.sampling, max_context_tokens=0)
+        check_sampling(request.sampling)
     except InvalidInput as error:
         raise RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-    async for event in next_stage(call):
-        yield event
+    async with aclosing(next_stage(call)) as events:
+        async for event in events:
+            yield event
 
 
 class ChooseModel:
@@ -31,8 +34,11 @@ class ChooseModel:
         pools = await self._catalog.pools()
         call.model = choose_model(call.request.model, pools, self._default_model)
         try:
-            check_sampling(call.request.sampling, call.model.pool.max_context_tokens)
+            if call.model.pool.max_context_tokens:  # 0: the replicas did not say
+                check_fits_context(call.request.sampling.max_tokens,
+                                   call.model.pool.max_context_tokens)
         except InvalidInput as error:
             raise RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-        async for event in next_stage(call):
-            yield event
+        async with aclosing(next_stage(call)) as events:
+            async for event in events:
+                yield event

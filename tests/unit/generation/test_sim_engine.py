@@ -49,10 +49,10 @@ async def test_text_is_deterministic():
     assert first == again and first
 
 
-async def test_invalid_input_raises_before_anything_is_streamed():
+async def test_another_model_is_refused_before_anything_is_streamed():
     with pytest.raises(GenerationError) as caught:
-        await collect(engine(), request(max_tokens=0))
-    assert caught.value.code is ErrorCode.INVALID_ARGUMENT
+        await collect(engine(), request(max_tokens=4, model="another-model"))
+    assert caught.value.code is ErrorCode.NOT_FOUND
 
 
 async def test_prompt_too_long_for_the_context_is_invalid():

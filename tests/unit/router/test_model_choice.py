@@ -3,7 +3,7 @@ import pytest
 
 from meshllm.api.controlplane.v1 import registry_pb2
 from services.router.errors import RequestRejected
-from services.router.model_catalog import pools_from_replicas
+from services.router.model_catalog import keep_recent_pools, pools_from_replicas
 from services.router.model_choice import ModelPool, choose_model
 
 TINY = ModelPool("tiny", ready_replicas=2, max_context_tokens=2048)
@@ -53,3 +53,14 @@ def test_pools_group_replicas_by_model_with_the_smallest_context():
     pools = pools_from_replicas(replicas)
     assert pools["tiny"] == ModelPool("tiny", 2, 1024)
     assert pools["big"] == ModelPool("big", 1, 8192)
+
+
+def test_a_pool_the_registry_stops_listing_stays_routable_for_a_while_then_goes():
+    last_seen: dict[str, float] = {}
+    pools = keep_recent_pools({}, {"tiny": TINY, "big": BIG}, last_seen, now=0, forget_after=10)
+    pools = keep_recent_pools(pools, {}, last_seen, now=3, forget_after=10)  # registry restarted
+    assert pools["tiny"] == ModelPool("tiny", 0, 2048) and "big" in pools
+    pools = keep_recent_pools(pools, {"tiny": TINY}, last_seen, now=5, forget_after=10)
+    assert pools["tiny"] is TINY and "big" in pools
+    pools = keep_recent_pools(pools, {"tiny": TINY}, last_seen, now=11, forget_after=10)
+    assert set(pools) == {"tiny"}
