@@ -125,7 +125,7 @@ def parse_args():
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--ttft", type=float, default=0.02, help="sim time to first token, s")
     parser.add_argument("--itl", type=float, default=0.005, help="sim inter-token latency, s")
-    parser.add_argument("--min-streams", type=int, default=128,
+    parser.add_argument("--min-streams", type=int, default=48,
                         help="streams per path per repeat, at least")
     parser.add_argument("--repeats", type=int, default=3)
     return parser.parse_args()

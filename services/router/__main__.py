@@ -21,7 +21,7 @@ async def main(settings: RouterSettings) -> None:
     controlplane = grpc.aio.insecure_channel(settings.controlplane_address)
     catalog = ModelCatalog(controlplane, settings.catalog_refresh_seconds,
                            settings.catalog_forget_after_seconds)
-    pipeline = Pipeline([check_request, ChooseModel(catalog, settings.default_model)],
+    pipeline = Pipeline(checks=[check_request, ChooseModel(catalog, settings.default_model)],
                         last=GenerationClient(mesh))
     server = MeshServer(settings, service="router")
     server.add_service(inference_pb2_grpc.add_InferenceServiceServicer_to_server,

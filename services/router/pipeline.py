@@ -1,10 +1,13 @@
-"""The router's request pipeline: stages wrap the next one, like middleware.
+"""The router's request pipeline: checks, then stream stages around the last stage.
 
-A stage may refuse the call before anything is sent, add events of its own (retrieved
-context, later), or watch and cut the stream coming back (output moderation, later). The
-last stage produces the events: today, generation through Envoy."""
+A check runs before anything is sent and may refuse the call or decide something about it
+(which model). A stream stage wraps the stream of the next one, like middleware: it may add
+events of its own (retrieved context, later) or watch and cut the stream coming back (output
+moderation, later). The last stage produces the events: today, generation through Envoy.
+Checks cost nothing per token; each stream stage costs one hop per event, so a stage that
+only needs to look at the request belongs among the checks."""
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,7 +19,7 @@ Events = AsyncIterator[inference_pb2.GenerateResponse]
 
 @dataclass
 class GenerationCall:
-    """One public Generate call as it moves through the stages."""
+    """One public Generate call as it moves through the pipeline."""
 
     request: inference_pb2.GenerateRequest
     request_id: str
@@ -26,23 +29,31 @@ class GenerationCall:
     model: ModelChoice | None = None
 
 
+Check = Callable[[GenerationCall], Awaitable[None]]
+
+
 class Next(Protocol):
     def __call__(self, call: GenerationCall) -> Events: ...
 
 
-class Stage(Protocol):
+class StreamStage(Protocol):
     def __call__(self, call: GenerationCall, next_stage: Next) -> Events: ...
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], last: Next):
+    def __init__(self, checks: Sequence[Check], last: Next,
+                 stream_stages: Sequence[StreamStage] = ()):
+        self._checks = tuple(checks)
         self._entry = last
-        for stage in reversed(stages):
+        for stage in reversed(stream_stages):
             self._entry = _bind(stage, self._entry)
 
-    def run(self, call: GenerationCall) -> Events:
+    async def start(self, call: GenerationCall) -> Events:
+        """Runs the checks (raising RequestRejected to refuse), then returns the event stream."""
+        for check in self._checks:
+            await check(call)
         return self._entry(call)
 
 
-def _bind(stage: Stage, next_stage: Next) -> Next:
+def _bind(stage: StreamStage, next_stage: Next) -> Next:
     return lambda call: stage(call, next_stage)

@@ -19,7 +19,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Generate(self, request, context: grpc.aio.ServicerContext):
         call = GenerationCall(request, current_request_id(), context.time_remaining)
         try:
-            async with aclosing(self._pipeline.run(call)) as events:
+            async with aclosing(await self._pipeline.start(call)) as events:
                 async for event in events:
                     yield event
         except RequestRejected as rejection:

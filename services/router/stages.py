@@ -1,16 +1,14 @@
-"""The stages the router runs before generation: check the request, choose the model."""
-from contextlib import aclosing
-
+"""The checks the router runs before generation: the request's own rules, the model."""
 import grpc
 
 from meshllm.generate_input import InvalidInput, check_fits_context, check_input, check_sampling
 from services.router.errors import RequestRejected
 from services.router.model_catalog import ModelCatalog
 from services.router.model_choice import choose_model
-from services.router.pipeline import Events, GenerationCall, Next
+from services.router.pipeline import GenerationCall
 
 
-async def check_request(call: GenerationCall, next_stage: Next) -> Events:
+async def check_request(call: GenerationCall) -> None:
     """Refuses input that can never succeed before any model is involved."""
     request = call.request
     try:
@@ -18,9 +16,6 @@ async def check_request(call: GenerationCall, next_stage: Next) -> Events:
         check_sampling(request.sampling)
     except InvalidInput as error:
         raise RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-    async with aclosing(next_stage(call)) as events:
-        async for event in events:
-            yield event
 
 
 class ChooseModel:
@@ -30,7 +25,7 @@ class ChooseModel:
         self._catalog = catalog
         self._default_model = default_model
 
-    async def __call__(self, call: GenerationCall, next_stage: Next) -> Events:
+    async def __call__(self, call: GenerationCall) -> None:
         pools = await self._catalog.pools()
         call.model = choose_model(call.request.model, pools, self._default_model)
         try:
@@ -39,6 +34,3 @@ class ChooseModel:
                                    call.model.pool.max_context_tokens)
         except InvalidInput as error:
             raise RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-        async with aclosing(next_stage(call)) as events:
-            async for event in events:
-                yield event

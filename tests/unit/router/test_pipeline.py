@@ -21,7 +21,7 @@ async def collect(events):
     return [event async for event in events]
 
 
-async def test_stages_run_in_order_around_the_last_one():
+async def test_checks_run_first_then_stream_stages_wrap_the_last_one():
     seen = []
 
     async def tag(call, next_stage):
@@ -31,10 +31,13 @@ async def test_stages_run_in_order_around_the_last_one():
                 delta=inference_pb2.DeltaEvent(text=event.delta.text.upper()))
         seen.append("after")
 
-    events = await collect(Pipeline([tag], last=two_deltas).run(call_for(prompt="hi",
-                           sampling={"max_tokens": 2})))
+    async def note(call):
+        seen.append("check")
+
+    pipeline = Pipeline(checks=[note], last=two_deltas, stream_stages=[tag])
+    events = await collect(await pipeline.start(call_for(prompt="hi", sampling={"max_tokens": 2})))
     assert [e.delta.text for e in events] == ["A", "B"]
-    assert seen == ["before", "after"]
+    assert seen == ["check", "before", "after"]
 
 
 @pytest.mark.parametrize("fields, words", [
@@ -47,9 +50,9 @@ async def test_stages_run_in_order_around_the_last_one():
     ({"prompt": "hi", "sampling": {"max_tokens": 4, "temperature": -1}}, "temperature"),
 ])
 async def test_bad_input_is_refused_before_anything_is_generated(fields, words):
-    pipeline = Pipeline([check_request], last=two_deltas)
+    pipeline = Pipeline(checks=[check_request], last=two_deltas)
     with pytest.raises(RequestRejected) as caught:
-        await collect(pipeline.run(call_for(**fields)))
+        await pipeline.start(call_for(**fields))
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert words in caught.value.message
 
