@@ -12,9 +12,9 @@ from deploy.local.envoy_admin import envoy_is_ready
 from deploy.local.supervisor import ManagedProcess, Supervisor
 from services.controlplane.bootstrap import render_bootstrap
 from services.controlplane.envoy_binary import envoy_binary_path
+from services.generation.config import TINY_MODEL_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY_MODEL = REPO_ROOT / ".meshllm" / "models" / "tiny-llama"
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class MeshPorts:
 class MeshOptions:
     ports: MeshPorts = MeshPorts()
     engine: str = "vllm"
-    model: str = str(TINY_MODEL)
+    model: str = str(TINY_MODEL_DIR)
     workdir: Path = REPO_ROOT / ".meshllm" / "run"
     host: str = "127.0.0.1"
     generation_env: tuple[tuple[str, str], ...] = ()

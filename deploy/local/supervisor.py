@@ -69,10 +69,6 @@ class ManagedProcess:
         if not ready.done():
             ready.set_exception(ProcessExited(self.process.returncode))
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
     def signal_group(self, sig: int) -> None:
         try:
             os.killpg(self.process.pid, sig)

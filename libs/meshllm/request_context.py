@@ -2,14 +2,14 @@
 
 A server interceptor gives every call the caller's `x-request-id` (or a new one) and
 `traceparent`, runs the handler inside a server span (for streams: until the last message),
-binds both ids to the logs, and counts the outcome. `outgoing_metadata` carries them on.
+binds both ids to the logs, and counts the outcome. `meshllm.channels` carries them on.
 """
 import asyncio
 import contextvars
 import time
 import uuid
-from contextlib import aclosing
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 
 import grpc
 from opentelemetry import context as otel_context
@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshllm.logging import bind_request
 from meshllm.metrics import RPC_SECONDS, RPCS_HANDLED
-from meshllm.tracing import current_trace_id, extract_context, inject_context
+from meshllm.tracing import current_trace_id, extract_context
 
 REQUEST_ID_HEADER = "x-request-id"
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -27,13 +27,6 @@ _tracer = trace.get_tracer("meshllm.grpc")
 
 def current_request_id() -> str:
     return _request_id.get()
-
-
-def outgoing_metadata(extra: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
-    """Metadata for a downstream call: this request's id, the current trace context, `extra`."""
-    metadata = {REQUEST_ID_HEADER: current_request_id(), **(extra or {})}
-    inject_context(metadata)
-    return tuple((k, v) for k, v in metadata.items() if v)
 
 
 def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:

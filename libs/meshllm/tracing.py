@@ -38,9 +38,9 @@ def extract_context(metadata: dict[str, str]):
     return propagate.extract(metadata, getter=_MetadataGetter())
 
 
-def inject_context(metadata: dict[str, str]) -> dict[str, str]:
-    """Adds traceparent (and tracestate) for the current span to outgoing metadata."""
-    propagate.inject(metadata, setter=_MetadataSetter())
+def inject_context(metadata: dict[str, str], context=None) -> dict[str, str]:
+    """Adds traceparent (and tracestate) for `context` (default: the current one)."""
+    propagate.inject(metadata, context=context, setter=_MetadataSetter())
     return metadata
 
 

@@ -1,10 +1,9 @@
 """python -m services.router: the public API, forwarding to generation through Envoy."""
 import asyncio
 
-import grpc
-
 from meshllm.api.controlplane.v1 import registry_pb2
 from meshllm.api.inference.v1 import inference_pb2_grpc
+from meshllm.channels import mesh_channel
 from meshllm.observability import configure_observability
 from meshllm.registration import ReplicaRegistration
 from meshllm.server import MeshServer
@@ -17,8 +16,8 @@ from services.router.stages import ChooseModel, check_request
 
 
 async def main(settings: RouterSettings) -> None:
-    mesh = grpc.aio.insecure_channel(settings.mesh_address)
-    controlplane = grpc.aio.insecure_channel(settings.controlplane_address)
+    mesh = mesh_channel(settings.mesh_address)
+    controlplane = mesh_channel(settings.controlplane_address)
     catalog = ModelCatalog(controlplane, settings.catalog_refresh_seconds,
                            settings.catalog_forget_after_seconds)
     pipeline = Pipeline(checks=[check_request, ChooseModel(catalog, settings.default_model)],

@@ -8,7 +8,6 @@ from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2
 from meshllm.logging import get_logger
 from meshllm.protos import MODEL_HEADER, duration
-from meshllm.request_context import outgoing_metadata
 from services.router.errors import RequestRejected
 from services.router.pipeline import Events, GenerationCall
 
@@ -47,7 +46,7 @@ class GenerationClient:
         stream = self._stub.Generate(
             to_generation_request(call),
             timeout=call.time_remaining(),
-            metadata=outgoing_metadata({MODEL_HEADER: model}),
+            metadata=((MODEL_HEADER, model),),
         )
         replica, first_token_at = "", None
         try:
