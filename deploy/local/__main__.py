@@ -2,6 +2,7 @@
 import asyncio
 import signal
 
+from deploy.local.config import LocalMeshSettings
 from deploy.local.mesh import LocalMesh, MeshOptions, REPO_ROOT
 
 GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
@@ -20,13 +21,14 @@ def ready_banner(options: MeshOptions) -> str:
 
 
 async def main() -> None:
-    options = MeshOptions()
+    settings = LocalMeshSettings()
+    options = settings.options()
     mesh = LocalMesh(options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    starting = asyncio.create_task(mesh.start(generation_replicas=1))
+    starting = asyncio.create_task(mesh.start(settings.generation_replicas))
     try:
         await asyncio.wait([starting, asyncio.create_task(stop.wait())],
                            return_when=asyncio.FIRST_COMPLETED)
