@@ -63,7 +63,6 @@ def to_request(request: generation_pb2.GenerateRequest, fallback_id: str) -> Gen
     )
 
 
-
 def to_response(step: Step, replica_id: str, model: str) -> generation_pb2.GenerateResponse:
     """Maps one engine step to one stream event."""
     if isinstance(step, Started):

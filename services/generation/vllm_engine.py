@@ -225,4 +225,4 @@ class VllmEngine:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
-        self._reaper.stop()
+        await asyncio.to_thread(self._reaper.stop)  # waits for the watchdog to exit

@@ -47,3 +47,11 @@ def choose_model(requested: str, pools: dict[str, ModelPool], default_model: str
     raise RequestRejected(
         grpc.StatusCode.INVALID_ARGUMENT,
         f"several models are served ({available}) and no default is set: name one in 'model'")
+
+
+def default_model(pools: dict[str, ModelPool], configured_default: str) -> str:
+    """The model a request that names none would get now, or "" if such a request would fail."""
+    try:
+        return choose_model("", pools, configured_default).pool.name
+    except RequestRejected:
+        return ""

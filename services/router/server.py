@@ -7,6 +7,7 @@ from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from meshllm.request_context import current_request_id
 from services.router.errors import RequestRejected
 from services.router.model_catalog import ModelCatalog
+from services.router.model_choice import default_model
 from services.router.pipeline import GenerationCall, Pipeline
 
 
@@ -27,7 +28,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def ListModels(self, request, context: grpc.aio.ServicerContext):
         pools = await self._catalog.pools()
-        default = self._default_model or (next(iter(pools)) if len(pools) == 1 else "")
+        default = default_model(pools, self._default_model)
         return inference_pb2.ListModelsResponse(models=[
             inference_pb2.Model(name=pool.name, ready_replicas=pool.ready_replicas,
                                 max_context_tokens=pool.max_context_tokens,
