@@ -73,6 +73,16 @@ async def test_labels_and_an_explicit_model_are_accepted(router):
     assert events[-1].finished.usage.completion_tokens == 3
 
 
+async def test_a_request_over_the_size_limit_is_resource_exhausted_and_says_the_limit(router):
+    huge = inference_pb2.GenerateRequest(prompt="x" * (5 * 1024 * 1024), sampling={"max_tokens": 2})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        [event async for event in router.stub.Generate(huge, timeout=10)]
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "4194304" in caught.value.details()
+    events = [event async for event in router.stub.Generate(request(2), timeout=10)]
+    assert events[-1].WhichOneof("event") == "finished"
+
+
 async def test_a_replica_dying_mid_stream_is_reported_and_counted(router):
     stream = router.stub.Generate(request(200), timeout=30)
     assert (await stream.read()).WhichOneof("event") == "started"
@@ -86,3 +96,4 @@ async def test_a_replica_dying_mid_stream_is_reported_and_counted(router):
     url = f"http://127.0.0.1:{router.metrics_port}/metrics"
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
     assert f'meshllm_router_midstream_failures_total{{model="{MODEL}"}} 1.0' in body
+
