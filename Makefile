@@ -38,8 +38,13 @@ $(API)/.generated: $(PROTOS) $(VENV)/.installed scripts/gen_protos.sh
 
 protos: $(API)/.generated ## generate Python stubs and .pyi type stubs into libs/meshllm/api/
 
-lint-protos: node_modules/.installed ## buf lint (STANDARD)
+BREAKING_AGAINST ?= main
+
+lint-protos: node_modules/.installed ## buf lint (STANDARD), and buf breaking (FILE) against main
 	npx --no-install buf lint protos
+	if git rev-parse -q --verify $(BREAKING_AGAINST) >/dev/null; then \
+	  npx --no-install buf breaking protos --against '.git#branch=$(BREAKING_AGAINST),subdir=protos'; \
+	else echo "no $(BREAKING_AGAINST) branch here: buf breaking skipped"; fi
 
 $(MODEL_DIR)/config.json: $(VENV)/.installed services/generation/tiny_model.py
 	$(PY) -m services.generation.tiny_model $(MODEL_DIR)
