@@ -14,6 +14,9 @@ API := libs/meshllm/api
 MODEL_DIR := .meshllm/models/tiny-llama
 export PYTHONPATH := $(CURDIR)/libs:$(CURDIR)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Nothing loads from a hub at run time: models are local directories (make model builds one).
+HF_HUB_OFFLINE ?= 1
+export HF_HUB_OFFLINE
 
 .PHONY: help up test test-unit test-integration test-e2e protos lint-protos model bench clean
 
