@@ -8,8 +8,9 @@ Load: vLLM v1 pushes `SchedulerStats` (running, waiting, KV cache usage) from th
 with its outputs after every engine step. We pass a stat logger (`SchedulerStatsRecorder`) to
 `AsyncLLM.from_engine_args(stat_loggers=...)`, which keeps the last snapshot; default stat
 loggers stay off (`disable_log_stats=True`), vLLM's Prometheus logger is always added by vLLM.
-The snapshot is only refreshed on engine steps, so `load()` also caps it by the frontend's own
-count of unfinished requests, which drops the moment a request is aborted.
+The snapshot is only refreshed on engine steps, so `load()` counts requests with the frontend's
+own number of unfinished requests (it drops the moment a request is aborted) and takes only the
+waiting/running split and KV usage from the snapshot.
 """
 from __future__ import annotations
 
@@ -205,20 +206,16 @@ class VllmEngine:
             await self._llm.abort(list(engine_ids))
 
     def load(self) -> EngineLoad:
+        """Running and waiting from the frontend's own count of unfinished requests, split by
+        the engine's last scheduler stats: those stats arrive only with engine steps, so alone
+        they lag a just-started or just-aborted request."""
         if self._llm is None:
             return EngineLoad(running=0, waiting=0, kv_cache_usage=0.0)
         unfinished = self._llm.get_num_unfinished_requests()
-        running = waiting = 0
-        kv_cache_usage = 0.0
-        for snapshot in self._snapshots.values():
-            running += snapshot.running
-            waiting += snapshot.waiting
-            kv_cache_usage = max(kv_cache_usage, snapshot.kv_cache_usage)
-        running = min(running, unfinished)
-        waiting = min(waiting, unfinished - running)
-        if unfinished == 0:
-            kv_cache_usage = 0.0
-        return EngineLoad(running=running, waiting=waiting, kv_cache_usage=kv_cache_usage)
+        waiting = min(sum(s.waiting for s in self._snapshots.values()), unfinished)
+        kv_cache_usage = max((s.kv_cache_usage for s in self._snapshots.values()), default=0.0)
+        return EngineLoad(running=unfinished - waiting, waiting=waiting,
+                          kv_cache_usage=kv_cache_usage if unfinished else 0.0)
 
     async def shutdown(self) -> None:
         """Stops the engine core and its worker; safe to call twice."""

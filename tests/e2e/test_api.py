@@ -139,7 +139,12 @@ async def test_cancelling_after_the_first_token_frees_the_engine_within_a_second
         replica = mesh.generation[started.replica]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as direct:
             load = generation_pb2_grpc.GenerationServiceStub(direct)
-            assert (await load.GetLoad(generation_pb2.GetLoadRequest())).running_requests == 1
+            # The engine's scheduler stats arrive with its steps: give them a moment.
+            seen = [await load.GetLoad(generation_pb2.GetLoadRequest())]
+            while seen[-1].running_requests != 1 and len(seen) < 50:
+                await asyncio.sleep(0.02)
+                seen.append(await load.GetLoad(generation_pb2.GetLoadRequest()))
+            assert seen[-1].running_requests == 1, [str(s).replace("\n", " ") for s in seen[:3]]
             stream.cancel()
             cancelled_at = asyncio.get_running_loop().time()
             while (await load.GetLoad(generation_pb2.GetLoadRequest())).running_requests:
