@@ -60,7 +60,9 @@ class SimEngine:
         self._ttft = time_to_first_token
         self._itl = inter_token_latency
         self._kv_cache_tokens = kv_cache_tokens
-        self._live_tokens: dict[str, int] = {}
+        self._open_streams: dict[str, int] = {}  # by request id; ids need not be unique
+        self._running = 0
+        self._tokens_in_use = 0
         self._aborted: set[str] = set()
 
     @property
@@ -81,41 +83,44 @@ class SimEngine:
         check_context(prompt_tokens, request.max_tokens, self._max_context_tokens)
         yield Started(prompt_tokens=prompt_tokens)
 
-        key = f"{request.request_id}#{id(clock)}"  # request ids need not be unique
-        self._live_tokens[key] = prompt_tokens
+        request_id = request.request_id
+        self._open_streams[request_id] = self._open_streams.get(request_id, 0) + 1
+        self._running += 1
+        self._tokens_in_use += prompt_tokens
         clock.mark_scheduled()
         reason = FinishReason.LENGTH
         completion = 0
         try:
             for position in range(request.max_tokens):
                 await asyncio.sleep(self._ttft if position == 0 else self._itl)
-                if request.request_id in self._aborted:
+                if request_id in self._aborted:
                     reason = FinishReason.ABORTED
                     break
                 text, token_id = word_for(position, request.seed or 0)
                 clock.mark_token()
                 completion += 1
-                self._live_tokens[key] += 1
+                self._tokens_in_use += 1
                 yield Delta(text=text, token_ids=(token_id,))
             yield Finished(reason, prompt_tokens, completion, clock.timings())
         finally:
             # Runs on normal end, on cancellation and on aclose(): the slot is always freed.
-            del self._live_tokens[key]
-            if not any(k.startswith(f"{request.request_id}#") for k in self._live_tokens):
-                self._aborted.discard(request.request_id)
+            self._running -= 1
+            self._tokens_in_use -= prompt_tokens + completion
+            self._open_streams[request_id] -= 1
+            if not self._open_streams[request_id]:
+                del self._open_streams[request_id]
+                self._aborted.discard(request_id)
 
     async def abort(self, request_id: str) -> None:
-        if any(key.startswith(f"{request_id}#") for key in self._live_tokens):
+        if request_id in self._open_streams:
             self._aborted.add(request_id)
 
     def load(self) -> EngineLoad:
-        used = sum(self._live_tokens.values())
         return EngineLoad(
-            running=len(self._live_tokens),
+            running=self._running,
             waiting=0,
-            kv_cache_usage=min(1.0, used / self._kv_cache_tokens),
+            kv_cache_usage=min(1.0, self._tokens_in_use / self._kv_cache_tokens),
         )
 
     async def shutdown(self) -> None:
-        for key in list(self._live_tokens):
-            self._aborted.add(key.split("#", 1)[0])
+        self._aborted.update(self._open_streams)
