@@ -5,11 +5,13 @@ tests/unit/controlplane/test_resources.py.
 """
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import (
+    address_pb2, base_pb2, config_source_pb2, health_check_pb2, protocol_pb2,
+)
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -20,6 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
 from meshllm.protos import MODEL_HEADER, duration
@@ -33,6 +36,15 @@ GENERATION_PREFIX = "/meshllm.generation.v1.GenerationService/"
 UNKNOWN_MODEL_HTTP_STATUS = 404
 # Set on purpose (DESIGN §8): Envoy's default of 1,024 would cap concurrent streams.
 CIRCUIT_BREAKER_LIMIT = 10_000
+# What Envoy retries, before the first response byte only (it cannot replay a started stream).
+# The public listener retries only failures of the router itself: a status the router answers
+# (UNAVAILABLE, RESOURCE_EXHAUSTED) is a downstream's that the mesh listener already retried,
+# and retrying it here would multiply the load on the pool that refused it.
+PUBLIC_RETRY_ON = "connect-failure,refused-stream,reset"
+# A generation replica that is full (RESOURCE_EXHAUSTED, its admission cap) or draining
+# (UNAVAILABLE) leaves the call to a sibling; the caller sees the status only when all refuse.
+GENERATION_RETRY_ON = "connect-failure,refused-stream,reset,unavailable,resource-exhausted"
+SERVICE_RETRY_ON = "connect-failure,refused-stream,reset,unavailable"
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,10 @@ class EnvoyLayout:
     mesh_port: int = 8081
     stream_idle_timeout_seconds: float = 300.0
     connect_timeout_seconds: float = 1.0
+    keepalive_interval_seconds: float = 5.0
+    keepalive_timeout_seconds: float = 5.0
+    health_check_interval_seconds: float = 2.0
+    health_check_timeout_seconds: float = 5.0
 
 
 def generation_cluster_name(model: str) -> str:
@@ -74,12 +90,73 @@ def _ads() -> config_source_pb2.ConfigSource:
         resource_api_version=config_source_pb2.V3)
 
 
-def cluster(name: str, layout: EnvoyLayout) -> cluster_pb2.Cluster:
-    """An HTTP/2 (gRPC) cluster whose endpoints come by EDS over ADS."""
+def http2_options(layout: EnvoyLayout) -> protocol_pb2.Http2ProtocolOptions:
+    """HTTP/2 with keepalive PINGs: a peer that vanished without a FIN or RST (host down,
+    network cut) is noticed within interval + timeout, not at the stream idle timeout."""
+    return protocol_pb2.Http2ProtocolOptions(
+        connection_keepalive=protocol_pb2.KeepaliveSettings(
+            interval=duration(layout.keepalive_interval_seconds),
+            timeout=duration(layout.keepalive_timeout_seconds)))
+
+
+def health_check(layout: EnvoyLayout) -> health_check_pb2.HealthCheck:
+    """grpc.health.v1 Check on the replica's overall health ("").
+
+    A replica that answers NOT_SERVING (draining, or its lease renewal died) leaves the
+    balancing set at its next check; one that does not answer (busy, or gone) only after
+    three misses, so a saturated replica is not taken for a dead one. The timeout is long
+    for the same reason: on a saturated 2-core host a health check may wait its turn.
+    """
+    interval = duration(layout.health_check_interval_seconds)
+    return health_check_pb2.HealthCheck(
+        timeout=duration(layout.health_check_timeout_seconds),
+        interval=interval,
+        interval_jitter_percent=10,
+        # The default of 60 s would leave an idle pool's health that stale.
+        no_traffic_interval=interval,
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=3),
+        healthy_threshold=wrappers_pb2.UInt32Value(value=1),
+        grpc_health_check=health_check_pb2.HealthCheck.GrpcHealthCheck())
+
+
+def outlier_detection(local_origin_only: bool) -> outlier_detection_pb2.OutlierDetection:
+    """Passive ejection. Local-origin errors (connect refused, reset, timeout) always count,
+    apart from the statuses a host answers (split_external_local_origin_errors).
+
+    `local_origin_only` is for services that call others (the router): a status they answer
+    is often a downstream's they pass on (UNAVAILABLE when generation is full or gone), so
+    counting it would eject the healthy caller for its callee's trouble (seen here: the only
+    router ejected by consecutive_gateway_failure). Such a cluster enforces nothing external.
+    Default max_ejection_percent is 10 %: with two replicas nothing would ever be ejected.
+    """
+    one_hundred, zero = wrappers_pb2.UInt32Value(value=100), wrappers_pb2.UInt32Value(value=0)
+    detection = outlier_detection_pb2.OutlierDetection(
+        split_external_local_origin_errors=True,
+        consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=3),
+        enforcing_consecutive_local_origin_failure=one_hundred,
+        interval=duration(1.0),
+        base_ejection_time=duration(5.0),
+        max_ejection_percent=one_hundred)
+    if local_origin_only:
+        detection.enforcing_consecutive_5xx.CopyFrom(zero)
+        detection.enforcing_consecutive_gateway_failure.CopyFrom(zero)
+        detection.enforcing_success_rate.CopyFrom(zero)
+        detection.enforcing_failure_percentage.CopyFrom(zero)
+    else:
+        detection.consecutive_5xx.CopyFrom(wrappers_pb2.UInt32Value(value=5))
+        detection.consecutive_gateway_failure.CopyFrom(wrappers_pb2.UInt32Value(value=3))
+        detection.enforcing_consecutive_gateway_failure.CopyFrom(one_hundred)
+    return detection
+
+
+def cluster(name: str, layout: EnvoyLayout,
+            local_origin_only: bool = False) -> cluster_pb2.Cluster:
+    """An HTTP/2 (gRPC) cluster whose endpoints come by EDS over ADS, health-checked by
+    grpc.health.v1. `local_origin_only`: see `outlier_detection`."""
     limit = wrappers_pb2.UInt32Value(value=CIRCUIT_BREAKER_LIMIT)
     h2 = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
+            http2_protocol_options=http2_options(layout)))
     return cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
@@ -93,18 +170,17 @@ def cluster(name: str, layout: EnvoyLayout) -> cluster_pb2.Cluster:
             circuit_breaker_pb2.CircuitBreakers.Thresholds(
                 max_connections=limit, max_pending_requests=limit, max_requests=limit,
                 max_retries=wrappers_pb2.UInt32Value(value=CIRCUIT_BREAKER_LIMIT // 10))]),
-        # Default max_ejection_percent is 10 %: with two replicas nothing would ever be ejected.
-        # Local-origin errors (connect refused, reset) count apart from the replica's statuses.
-        outlier_detection=outlier_detection_pb2.OutlierDetection(
-            split_external_local_origin_errors=True,
-            consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=3),
-            enforcing_consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=100),
-            consecutive_5xx=wrappers_pb2.UInt32Value(value=5),
-            consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=3),
-            enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
-            interval=duration(1.0),
-            base_ejection_time=duration(5.0),
-            max_ejection_percent=wrappers_pb2.UInt32Value(value=100)),
+        health_checks=[health_check(layout)],
+        # The control plane decides membership (a replica deregisters when it drains and is
+        # gone from EDS at once); health checks decide only who gets calls meanwhile. Without
+        # this, Envoy would keep a removed host until it failed its checks.
+        ignore_health_on_host_removal=True,
+        # The panic threshold stays at its default (50 %) on purpose: when every replica of a
+        # pool fails its checks (all saturated, say), Envoy still balances over them rather
+        # than answer "no healthy upstream".
+        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(
+            healthy_panic_threshold=percent_pb2.Percent(value=50.0)),
+        outlier_detection=outlier_detection(local_origin_only),
     )
 
 
@@ -131,46 +207,62 @@ def load_assignment(cluster_name: str,
         cluster_name=cluster_name, endpoints=localities if lb_endpoints else [])
 
 
-def _streaming_route_action(cluster_name: str) -> route_components_pb2.RouteAction:
+def retry_policy(retry_on: str, num_retries: int) -> route_components_pb2.RetryPolicy:
+    """Retries that avoid every host already tried (previous_hosts)."""
+    return route_components_pb2.RetryPolicy(
+        retry_on=retry_on,
+        num_retries=wrappers_pb2.UInt32Value(value=num_retries),
+        retry_host_predicate=[route_components_pb2.RetryPolicy.RetryHostPredicate(
+            name="envoy.retry_host_predicates.previous_hosts",
+            typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()))],
+        host_selection_retry_max_attempts=3)
+
+
+def _streaming_route_action(cluster_name: str,
+                            retries: route_components_pb2.RetryPolicy,
+                            ) -> route_components_pb2.RouteAction:
     """No route timeout (15 s by default cuts streams); the caller's grpc-timeout bounds it.
 
     Retries only happen before the first response byte (Envoy cannot replay a stream that
-    started), and a retry avoids the host that just failed.
+    started).
     """
     return route_components_pb2.RouteAction(
         cluster=cluster_name,
         timeout=duration(0),
         max_stream_duration=route_components_pb2.RouteAction.MaxStreamDuration(
             grpc_timeout_header_max=duration(0)),
-        retry_policy=route_components_pb2.RetryPolicy(
-            retry_on="connect-failure,refused-stream,unavailable,reset",
-            num_retries=wrappers_pb2.UInt32Value(value=2),
-            retry_host_predicate=[route_components_pb2.RetryPolicy.RetryHostPredicate(
-                name="envoy.retry_host_predicates.previous_hosts",
-                typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()))],
-            host_selection_retry_max_attempts=3))
+        retry_policy=retries)
 
 
-def _prefix_route(name: str, prefix: str, cluster_name: str) -> route_components_pb2.Route:
+def _prefix_route(name: str, prefix: str, cluster_name: str,
+                  retries: route_components_pb2.RetryPolicy) -> route_components_pb2.Route:
     return route_components_pb2.Route(
         name=name,
         match=route_components_pb2.RouteMatch(prefix=prefix),
-        route=_streaming_route_action(cluster_name))
+        route=_streaming_route_action(cluster_name, retries))
 
 
 def public_routes() -> route_pb2.RouteConfiguration:
     """The public listener: only the public API and reflection, both served by the router."""
+    retries = retry_policy(PUBLIC_RETRY_ON, num_retries=2)
     return route_pb2.RouteConfiguration(name=PUBLIC_LISTENER, virtual_hosts=[
         route_components_pb2.VirtualHost(name=PUBLIC_LISTENER, domains=["*"], routes=[
             _prefix_route("inference", "/meshllm.inference.v1.InferenceService/",
-                          ROUTER_CLUSTER),
-            _prefix_route("reflection", "/grpc.reflection.", ROUTER_CLUSTER),
+                          ROUTER_CLUSTER, retries),
+            _prefix_route("reflection", "/grpc.reflection.", ROUTER_CLUSTER, retries),
         ])])
 
 
-def mesh_routes(models: Sequence[str], services: Sequence[str]) -> route_pb2.RouteConfiguration:
+def generation_retries(pool_size: int) -> route_components_pb2.RetryPolicy:
+    """Enough retries to try every replica of the pool once (at least one retry)."""
+    return retry_policy(GENERATION_RETRY_ON, num_retries=max(1, pool_size - 1))
+
+
+def mesh_routes(pool_sizes: Mapping[str, int],
+                services: Sequence[str]) -> route_pb2.RouteConfiguration:
     """Service-to-service: generation by the x-meshllm-model header, the rest by service name.
 
+    `pool_sizes` is the number of endpoints of each model's pool (its retries try them all).
     A generation call whose model has no pool (or no header) gets a local reply:
     HTTP 404 → grpc-status UNIMPLEMENTED with a message naming the header.
     """
@@ -182,8 +274,9 @@ def mesh_routes(models: Sequence[str], services: Sequence[str]) -> route_pb2.Rou
                 headers=[route_components_pb2.HeaderMatcher(
                     name=MODEL_HEADER,
                     string_match=string_pb2.StringMatcher(exact=model))]),
-            route=_streaming_route_action(generation_cluster_name(model)))
-        for model in models]
+            route=_streaming_route_action(generation_cluster_name(model),
+                                          generation_retries(size)))
+        for model, size in pool_sizes.items()]
     routes.append(route_components_pb2.Route(
         name="generation/unknown-model",
         match=route_components_pb2.RouteMatch(prefix=GENERATION_PREFIX),
@@ -192,7 +285,9 @@ def mesh_routes(models: Sequence[str], services: Sequence[str]) -> route_pb2.Rou
             body=base_pb2.DataSource(inline_string=(
                 f"no generation pool serves the model in the {MODEL_HEADER} metadata "
                 "(missing, or no replica of it ever registered)")))))
-    routes.extend(_prefix_route(service, f"/meshllm.{service}.v1.", service_cluster_name(service))
+    service_retries = retry_policy(SERVICE_RETRY_ON, num_retries=2)
+    routes.extend(_prefix_route(service, f"/meshllm.{service}.v1.", service_cluster_name(service),
+                                service_retries)
                   for service in services)
     return route_pb2.RouteConfiguration(name=MESH_LISTENER, virtual_hosts=[
         route_components_pb2.VirtualHost(name=MESH_LISTENER, domains=["*"], routes=routes)])
@@ -210,6 +305,7 @@ def listener(name: str, port: int, layout: EnvoyLayout,
         stat_prefix=name,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         stream_idle_timeout=duration(layout.stream_idle_timeout_seconds),
+        http2_protocol_options=http2_options(layout),
         http_filters=[*http_filters, hcm_pb2.HttpFilter(
             name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 
 from services.controlplane import resources
-from services.controlplane.registry import GENERATION_SERVICE, Replica
+from services.controlplane.registry import GENERATION_SERVICE, ROUTER_SERVICE, Replica
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -73,25 +73,34 @@ def _cluster_of(pool: tuple[str, str]) -> str:
 
 def build_snapshot(replicas: Iterable[Replica], layout: resources.EnvoyLayout,
                    pools_seen: Iterable[tuple[str, str]] = ()) -> Snapshot:
-    """The snapshot for these live replicas.
+    """The snapshot for these replicas (the registry's `routable()` ones).
 
     A pool (service, model) in `pools_seen` keeps its cluster and routes with no endpoints,
     so a pool scaled to zero still routes (to "no healthy upstream") rather than vanishing.
-    The router's cluster always exists because the public listener routes to it.
+    The router's cluster always exists because the public listener routes to it; the router
+    gets no mesh route: its API (meshllm.inference.v1) is public, and a route for
+    `/meshllm.router.v1.` would match nothing.
     """
     replicas = list(replicas)
-    pools = dict.fromkeys([("router", ""), *pools_seen, *(r.pool for r in replicas)])
+    pools = dict.fromkeys([(ROUTER_SERVICE, ""), *pools_seen, *(r.pool for r in replicas)])
     endpoints: dict[str, list[resources.Endpoint]] = {_cluster_of(p): [] for p in pools}
     for replica in replicas:
         endpoints[_cluster_of(replica.pool)].append(
             resources.Endpoint(replica.host, replica.port, hostname=replica.replica_id))
-    models = sorted({model for service, model in pools if service == GENERATION_SERVICE})
-    services = sorted({service for service, _ in pools if service != GENERATION_SERVICE})
+    pool_sizes = {model: len(endpoints[_cluster_of((service, model))])
+                  for service, model in sorted(pools) if service == GENERATION_SERVICE}
+    services = sorted({service for service, _ in pools
+                       if service not in (GENERATION_SERVICE, ROUTER_SERVICE)})
+    # Only generation replicas are leaves: every other service may pass on a status that a
+    # service it calls answered, so its cluster ejects on local-origin failures alone.
+    clusters = [resources.cluster(_cluster_of(pool), layout,
+                                  local_origin_only=pool[0] != GENERATION_SERVICE)
+                for pool in pools]
     return make_snapshot(
-        clusters=[resources.cluster(name, layout) for name in endpoints],
+        clusters=clusters,
         load_assignments=[resources.load_assignment(name, eps) for name, eps in endpoints.items()],
         listeners=resources.listeners(layout),
-        routes=[resources.public_routes(), resources.mesh_routes(models, services)],
+        routes=[resources.public_routes(), resources.mesh_routes(pool_sizes, services)],
     )
 
 

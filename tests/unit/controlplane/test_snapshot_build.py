@@ -56,3 +56,25 @@ def test_versions_follow_content_per_type():
     assert moved.of_type(ENDPOINT).version != one.of_type(ENDPOINT).version
     for type_url in (CLUSTER, LISTENER, ROUTE):
         assert moved.of_type(type_url).version == one.of_type(type_url).version
+
+
+def test_the_router_gets_no_mesh_route_and_other_services_do():
+    snapshot = build_snapshot([Replica("rt", "router", "h", 1), Replica("r", "retrieval", "h", 2)],
+                              LAYOUT)
+    mesh = snapshot.of_type(ROUTE).by_name["mesh"]
+    prefixes = [route.match.prefix for route in mesh.virtual_hosts[0].routes]
+    assert "/meshllm.retrieval.v1." in prefixes
+    assert not any("router" in prefix for prefix in prefixes)
+    assert "router" in route_clusters(snapshot)  # the public listener's
+
+
+def test_generation_retries_follow_the_pool_size_and_only_the_router_ejects_on_local_errors():
+    snapshot = build_snapshot([gen("g1", "tiny", 1), gen("g2", "tiny", 2), gen("g3", "tiny", 3),
+                               Replica("rt", "router", "h", 9)], LAYOUT)
+    (route,) = [r for r in snapshot.of_type(ROUTE).by_name["mesh"].virtual_hosts[0].routes
+                if r.name == "generation/tiny"]
+    assert route.route.retry_policy.num_retries.value == 2
+    clusters = snapshot.of_type(CLUSTER).by_name
+    assert clusters["router"].outlier_detection.enforcing_consecutive_5xx.value == 0
+    generation = clusters[resources.generation_cluster_name("tiny")]
+    assert generation.outlier_detection.enforcing_consecutive_gateway_failure.value == 100
