@@ -1,17 +1,27 @@
 """The control plane's objects, wired once: registry, publisher, cache and ADS on one server."""
 import asyncio
-import contextlib
 
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshllm.api.controlplane.v1 import registry_pb2_grpc
+from meshllm.logging import get_logger
 from meshllm.server import MeshServer
+from meshllm.tasks import cancel_and_wait
 from services.controlplane.ads import AdsCallbacks
 from services.controlplane.config import ControlPlaneSettings
+from services.controlplane.lease_clock import StallForgivingClock
 from services.controlplane.publisher import SnapshotPublisher
 from services.controlplane.registry import ReplicaRegistry
 from services.controlplane.server import AggregatedDiscoveryServicer, RegistryServicer
 from services.controlplane.snapshot import SnapshotCache, build_snapshot
+
+log = get_logger(__name__)
+
+
+def _log_stall(leases_extended_seconds: float) -> None:
+    log.warning("controlplane_stalled", leases_extended_seconds=round(leases_extended_seconds, 3),
+                note="the loop went unread this long past the stall threshold; every lease "
+                     "was extended by it rather than expired")
 
 
 class ControlPlane:
@@ -20,7 +30,9 @@ class ControlPlane:
     def __init__(self, settings: ControlPlaneSettings, callbacks: AdsCallbacks | None = None):
         self.settings = settings
         layout = settings.envoy_layout()
-        self.registry = ReplicaRegistry(lease_ttl=settings.lease_ttl_seconds)
+        self.registry = ReplicaRegistry(
+            lease_ttl=settings.lease_ttl_seconds,
+            clock=StallForgivingClock(settings.stall_forgiven_after_seconds, on_stall=_log_stall))
         self.cache = SnapshotCache()
         self.publisher = SnapshotPublisher(
             self.registry, self.cache,
@@ -45,6 +57,4 @@ class ControlPlane:
         # so waiting the full drain grace for them would only delay the exit.
         await self.server.drain(grace_seconds=min(self.settings.drain_grace_seconds, 1.0))
         if self._publishing is not None:
-            self._publishing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._publishing
+            await cancel_and_wait(self._publishing)

@@ -12,11 +12,19 @@ class ControlPlaneSettings(ServiceSettings):
 
     port: int = 18000
     """gRPC port for RegistryService and ADS (Envoy's bootstrap points here)."""
-    lease_ttl_seconds: float = 3.0
-    """A replica that neither registers nor heartbeats for this long is dropped."""
+    lease_ttl_seconds: float = 10.0
+    """A replica that neither registers nor heartbeats for this long is dropped (the last
+    of a pool stays an endpoint, see ReplicaRegistry). Replicas heartbeat every fifth of it
+    from a thread of their own, so four heartbeats in a row must go missing: long enough
+    for a saturated 2-core host, where a busy process can go unscheduled for seconds. A dead
+    replica leaves Envoy's balancing well before, by its failed health checks."""
     eds_grace_seconds: float | None = None
     """After a start, Envoys that already hold a config get no push for this long, so
-    replicas can re-register first (DESIGN §8). None means one lease TTL."""
+    replicas can re-register first (DESIGN §8). None means half a lease TTL: two heartbeat
+    intervals plus the replicas' reconnect back-off (at most 1 s)."""
+    stall_forgiven_after_seconds: float = 1.0
+    """A stall of the control plane's own loop longer than this extends every lease by the
+    excess instead of expiring them all at once when it wakes (StallForgivingClock)."""
     listen_host: str = "127.0.0.1"
     """Address of Envoy's public and mesh listeners."""
     public_port: int = 8080
@@ -28,10 +36,19 @@ class ControlPlaneSettings(ServiceSettings):
     """A stream with no bytes either way for this long is reset by Envoy."""
     connect_timeout_seconds: float = 1.0
     """Envoy's TCP connect timeout to a replica (a failure is retried on another host)."""
+    keepalive_interval_seconds: float = 5.0
+    keepalive_timeout_seconds: float = 5.0
+    """Envoy PINGs every HTTP/2 connection (listeners and clusters) this often and drops it
+    when no answer comes within the timeout: a vanished peer is noticed in seconds."""
+    health_check_interval_seconds: float = 2.0
+    health_check_timeout_seconds: float = 5.0
+    """Envoy's grpc.health.v1 checks of every replica (see resources.health_check)."""
 
     @property
     def eds_grace(self) -> float:
-        return self.lease_ttl_seconds if self.eds_grace_seconds is None else self.eds_grace_seconds
+        if self.eds_grace_seconds is None:
+            return self.lease_ttl_seconds / 2
+        return self.eds_grace_seconds
 
     def envoy_layout(self) -> EnvoyLayout:
         return EnvoyLayout(
@@ -40,4 +57,8 @@ class ControlPlaneSettings(ServiceSettings):
             mesh_port=self.mesh_port,
             stream_idle_timeout_seconds=self.stream_idle_timeout_seconds,
             connect_timeout_seconds=self.connect_timeout_seconds,
+            keepalive_interval_seconds=self.keepalive_interval_seconds,
+            keepalive_timeout_seconds=self.keepalive_timeout_seconds,
+            health_check_interval_seconds=self.health_check_interval_seconds,
+            health_check_timeout_seconds=self.health_check_timeout_seconds,
         )

@@ -65,7 +65,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.DeregisterReplicaResponse()
 
     async def ListReplicas(self, request, context):
-        replicas = self._registry.live(service=request.service, model=request.model)
+        # What Envoy balances over, so the router's view of the models matches its routes.
+        replicas = self._registry.routable(service=request.service, model=request.model)
         return registry_pb2.ListReplicasResponse(
             replicas=[replica_to_proto(r) for r in replicas])
 

@@ -1,6 +1,7 @@
 import pytest
 
-from services.controlplane.registry import InvalidReplica, Replica, ReplicaRegistry
+from services.controlplane.lease_clock import StallForgivingClock
+from services.controlplane.registry import Expiry, InvalidReplica, Replica, ReplicaRegistry
 
 
 class FakeClock:
@@ -32,12 +33,16 @@ def test_register_returns_the_lease_ttl_and_lists_the_replica(registry):
 
 
 def test_a_lease_expires_after_its_ttl_without_heartbeat(registry, clock):
-    registry.register(replica())
-    clock.now += 2.9
-    assert registry.live()
+    registry.register(replica("r1"))
+    registry.register(replica("r2", port=5002))
+    clock.now += 2.5
+    registry.heartbeat("r2")
+    clock.now += 0.4
+    assert [r.replica_id for r in registry.live()] == ["r1", "r2"]
     clock.now += 0.2
-    assert registry.live() == []
-    assert [r.replica_id for r in registry.expire()] == ["r1"]
+    assert [r.replica_id for r in registry.live()] == ["r2"]
+    assert [r.replica_id for r in registry.expire().dropped] == ["r1"]
+    assert [r.replica_id for r in registry.routable()] == ["r2"]
 
 
 def test_heartbeat_renews_a_live_lease(registry, clock):
@@ -81,18 +86,20 @@ def test_list_filters_by_service_and_model(registry):
     assert [r.replica_id for r in registry.live(service="router")] == ["rt"]
 
 
-def test_subscribers_hear_registration_expiry_and_deregistration_but_not_heartbeats(
-        registry, clock):
+def test_subscribers_hear_changes_to_the_endpoints_but_not_heartbeats(registry, clock):
     changes = []
-    registry.subscribe(lambda: changes.append(len(registry.live())))
+    registry.subscribe(lambda: changes.append(len(registry.routable())))
     registry.register(replica("r1"))
     registry.register(replica("r2", port=5002))
     registry.register(replica("r1"))          # a plain renewal changes nothing
     registry.heartbeat("r1")
     registry.deregister("r2")
-    clock.now += 5
-    registry.expire()
-    assert changes == [1, 2, 1, 0]
+    registry.register(replica("r3", port=5003))
+    clock.now += 2
+    registry.heartbeat("r3")
+    clock.now += 2
+    registry.expire()                         # r1 ran out; r3 of the same pool is live
+    assert changes == [1, 2, 1, 2, 1]
 
 
 def test_next_expiry_tracks_the_soonest_lease(registry, clock):
@@ -101,6 +108,80 @@ def test_next_expiry_tracks_the_soonest_lease(registry, clock):
     clock.now += 1
     registry.register(replica("r2", port=5002))
     assert registry.seconds_until_next_expiry() == pytest.approx(2.0)
+
+
+def test_the_last_replica_of_a_pool_stays_an_endpoint_when_its_lease_runs_out(registry, clock):
+    changes = []
+    registry.register(replica("g1", model="a"))
+    registry.register(replica("rt", service="router", model=""))
+    registry.subscribe(lambda: changes.append(True))
+    clock.now += 3.0
+    expiry = registry.expire()
+    assert expiry.dropped == [] and {r.replica_id for r in expiry.kept} == {"g1", "rt"}
+    assert [r.replica_id for r in registry.routable()] == ["g1", "rt"]
+    assert registry.live() == []
+    assert changes == []                       # Envoy's endpoints did not change
+    assert registry.seconds_until_next_expiry() is None  # nothing more to expire
+    assert registry.expire() == Expiry()       # reported once
+
+
+def test_every_replica_of_a_pool_whose_leases_all_ran_out_stays_an_endpoint(registry, clock):
+    registry.register(replica("g1", port=5001))
+    registry.register(replica("g2", port=5002))
+    clock.now += 10
+    assert len(registry.expire().kept) == 2
+    assert [r.replica_id for r in registry.routable(service="generation")] == ["g1", "g2"]
+
+
+def test_a_kept_replica_goes_once_its_pool_has_a_live_replica_again(registry, clock):
+    registry.register(replica("g1", port=5001))
+    registry.register(replica("g2", port=5002))
+    clock.now += 3.0
+    registry.expire()
+    changes = []
+    registry.subscribe(lambda: changes.append([r.replica_id for r in registry.routable()]))
+    registry.register(replica("g3", port=5003))
+    assert changes == [["g3"]]
+    assert [r.replica_id for r in registry.expire().dropped] == ["g1", "g2"]
+
+
+def test_a_kept_replica_that_registers_again_is_live_and_envoy_sees_no_change(registry, clock):
+    registry.register(replica("g1"))
+    clock.now += 3.0
+    registry.expire()
+    assert not registry.heartbeat("g1")        # the lease ran out: register again
+    changes = []
+    registry.subscribe(lambda: changes.append(True))
+    registry.register(replica("g1"))
+    assert changes == []
+    assert [r.replica_id for r in registry.live()] == ["g1"]
+    assert registry.seconds_until_next_expiry() == pytest.approx(3.0)
+
+
+def test_deregistration_removes_even_the_last_replica_of_a_pool(registry, clock):
+    registry.register(replica("g1"))
+    clock.now += 3.0
+    registry.expire()
+    assert registry.deregister("g1")
+    assert registry.routable() == []
+
+
+def test_a_stall_of_the_control_plane_extends_leases_instead_of_expiring_them(clock):
+    stalls = []
+    registry = ReplicaRegistry(lease_ttl=3.0, clock=StallForgivingClock(
+        max_step=1.0, clock=clock, on_stall=stalls.append))
+    registry.register(replica("g1", port=5001))
+    registry.register(replica("g2", port=5002))
+    for _ in range(3):                         # read often: real time
+        clock.now += 0.5
+        registry.live()
+    registry.heartbeat("g2")
+    clock.now += 30.0                          # the control plane's loop did not run
+    assert registry.expire() == Expiry()
+    assert [r.replica_id for r in registry.live()] == ["g1", "g2"]
+    assert stalls == [pytest.approx(29.0)]
+    # The heartbeats that waited in the sockets meanwhile now renew the leases.
+    assert registry.heartbeat("g1") and registry.heartbeat("g2")
 
 
 def test_pools_outlive_their_last_replica(registry):
