@@ -1,80 +1,172 @@
-"""A replica's lease with the control plane's registry: register, heartbeat, deregister."""
+"""A replica's lease with the control plane's registry: register, heartbeat, deregister.
+
+The lease is renewed from a thread of its own, over a synchronous gRPC channel of its own,
+never from the service's event loop. A busy replica's loop can go seconds between turns (a
+burst of new streams and cancels on a saturated 2-core host, vLLM's output handling, the
+garbage collector), and a heartbeat queued behind that work is a heartbeat missed: seen
+here, the leases of a live router and a live replica ran out under load. A thread blocked on
+a socket holds no GIL and gets to run within the interpreter's switch interval (5 ms)
+however busy the loop is. A longer lease alone would only move the threshold; the thread
+removes the dependence on the loop. This is the one place that mixes a thread into the
+asyncio code (STYLE: threads only where needed, in one place).
+"""
 import asyncio
+import threading
+import time
 
 import grpc
+from google.protobuf import duration_pb2
 
 from meshllm.api.controlplane.v1 import registry_pb2, registry_pb2_grpc
 from meshllm.logging import get_logger
+from meshllm.supervised_thread import DeathHandler, SupervisedThread
 
 log = get_logger(__name__)
+
+# The control plane may restart: grpc's default back-off grows to 120 s between reconnects,
+# far past a lease. These keep every reconnect attempt within 1 s of the registry's return.
+REGISTRY_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+# Heartbeats per lease: four in a row may go missing before the lease runs out.
+HEARTBEATS_PER_LEASE = 5
+CALL_TIMEOUT_SECONDS = 2.0
+
+
+class RegistrationRefused(Exception):
+    """The registry answered INVALID_ARGUMENT: it cannot route this replica as described."""
+
+
+def heartbeat_interval(lease_ttl: duration_pb2.Duration) -> float:
+    return max(lease_ttl.ToTimedelta().total_seconds() / HEARTBEATS_PER_LEASE, 0.05)
 
 
 class ReplicaRegistration:
     """Keeps one replica registered while it serves.
 
     `start` returns once the registry has the replica (retrying while the control plane is
-    not up yet); a background task then renews the lease at a third of its TTL and
-    registers again if the lease was lost (e.g. the control plane restarted)."""
+    not up yet). A supervised thread then renews the lease every fifth of its TTL, registers
+    again when the lease was lost (a restarted control plane starts empty), and keeps trying
+    while the control plane is away. If that thread dies (the registry refuses the replica,
+    or a bug), `on_renewal_died(reason)` runs on the loop: pass MeshServer.set_not_serving,
+    so that Envoy's health checks take out a replica nobody renews.
+    """
 
     def __init__(self, controlplane_address: str, replica: registry_pb2.Replica,
-                 retry_seconds: float = 0.2):
+                 retry_seconds: float = 0.2, on_renewal_died: DeathHandler | None = None):
         self._address = controlplane_address
         self.replica = replica
         self._retry_seconds = retry_seconds
-        self._channel: grpc.aio.Channel | None = None
+        self._on_renewal_died = on_renewal_died
+        self._stopping = threading.Event()
+        self._channel: grpc.Channel | None = None
         self._stub: registry_pb2_grpc.RegistryServiceStub | None = None
-        self._task: asyncio.Task | None = None
-        self._interval = 1.0
+        self._renewal: SupervisedThread | None = None
+        self.heartbeat_seconds = 1.0
+
+    @property
+    def renewal_died(self) -> str | None:
+        """Why the renewal thread died, or None while it runs (or after `stop`)."""
+        return self._renewal.died if self._renewal is not None else None
 
     async def start(self, timeout: float = 60.0) -> None:
-        self._channel = grpc.aio.insecure_channel(self._address)
+        self._channel = grpc.insecure_channel(self._address, options=REGISTRY_CHANNEL_OPTIONS)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
-        await asyncio.wait_for(self._register_until_accepted(), timeout)
-        self._task = asyncio.create_task(self._renew_forever(), name="lease-renewal")
-
-    async def _register_until_accepted(self) -> None:
-        while True:
-            try:
-                reply = await self._stub.RegisterReplica(
-                    registry_pb2.RegisterReplicaRequest(replica=self.replica), timeout=2)
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise
-                await asyncio.sleep(self._retry_seconds)
-                continue
-            self._interval = max(reply.lease_ttl.ToTimedelta().total_seconds() / 3, 0.05)
-            log.info("registered", replica_id=self.replica.replica_id,
-                     controlplane=self._address, heartbeat_seconds=self._interval)
-            return
-
-    async def _renew_forever(self) -> None:
-        request = registry_pb2.HeartbeatRequest(replica_id=self.replica.replica_id)
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self._stub.Heartbeat(request, timeout=self._interval * 2)
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    log.warning("lease_lost", replica_id=self.replica.replica_id)
-                    await self._register_until_accepted()
-                else:
-                    log.warning("heartbeat_failed", code=error.code().name,
-                                detail=error.details())
+        try:
+            await asyncio.to_thread(self._register_until_accepted, time.monotonic() + timeout)
+        except BaseException:
+            self._stopping.set()  # a start that failed or was cancelled leaves nothing behind
+            raise
+        self._renewal = SupervisedThread(
+            self._renew_until_stopped, name=f"lease-renewal-{self.replica.replica_id}",
+            loop=asyncio.get_running_loop(), on_died=self._on_renewal_died)
+        self._renewal.start()
 
     async def stop(self) -> None:
-        """Deregisters at once so no new calls arrive; best effort if the registry is gone."""
-        if self._task is not None:
-            self._task.cancel()
+        """Stops renewing, then deregisters at once so that no new calls arrive; best effort
+        if the registry is gone."""
+        self._stopping.set()
+        if self._channel is None:
+            return
+        # Closing ends a heartbeat or registration in flight at once, so the thread is gone
+        # before the deregistration (a registration it sent later would add the replica back).
+        self._channel.close()
+        if self._renewal is not None:
+            await self._renewal.join()
+        async with grpc.aio.insecure_channel(self._address) as channel:
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if self._stub is not None:
-            try:
-                await self._stub.DeregisterReplica(
+                await registry_pb2_grpc.RegistryServiceStub(channel).DeregisterReplica(
                     registry_pb2.DeregisterReplicaRequest(replica_id=self.replica.replica_id),
-                    timeout=2)
+                    timeout=CALL_TIMEOUT_SECONDS)
             except grpc.aio.AioRpcError as error:
-                log.warning("deregister_failed", code=error.code().name)
-        if self._channel is not None:
-            await self._channel.close()
+                log.warning("deregister_failed", replica_id=self.replica.replica_id,
+                            code=error.code().name, detail=error.details())
+
+    def _register_until_accepted(self, deadline: float | None) -> None:
+        """Registers, retrying every `retry_seconds` until accepted, stopped, or `deadline`."""
+        request = registry_pb2.RegisterReplicaRequest(replica=self.replica)
+        while not self._stopping.is_set():
+            timeout = CALL_TIMEOUT_SECONDS
+            if deadline is not None:
+                timeout = max(0.01, min(timeout, deadline - time.monotonic()))
+            try:
+                reply = self._stub.RegisterReplica(request, timeout=timeout, wait_for_ready=True)
+            except grpc.RpcError as error:
+                if self._stopping.is_set():
+                    return
+                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise RegistrationRefused(error.details()) from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"the control plane at {self._address} did not accept the "
+                        f"registration in time: {error.code().name}: {error.details()}"
+                    ) from None
+                self._stopping.wait(self._retry_seconds)
+                continue
+            self.heartbeat_seconds = heartbeat_interval(reply.lease_ttl)
+            log.info("registered", replica_id=self.replica.replica_id,
+                     controlplane=self._address, heartbeat_seconds=self.heartbeat_seconds)
+            return
+
+    def _renew_until_stopped(self) -> None:
+        try:
+            self._renew()
+        except Exception:
+            if self._stopping.is_set():
+                return  # `stop` closed the channel under a call: not a death
+            raise
+
+    def _renew(self) -> None:
+        request = registry_pb2.HeartbeatRequest(replica_id=self.replica.replica_id)
+        failing_since: float | None = None
+        wait = self.heartbeat_seconds
+        while not self._stopping.wait(wait):
+            try:
+                # wait_for_ready: while the control plane is away, the call waits for the
+                # channel to reconnect instead of failing at once, so the first heartbeat
+                # after its return goes out within the reconnect back-off.
+                reply = self._stub.Heartbeat(request, timeout=self.heartbeat_seconds,
+                                             wait_for_ready=True)
+            except grpc.RpcError as error:
+                if self._stopping.is_set():
+                    return
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    log.warning("lease_lost", replica_id=self.replica.replica_id,
+                                detail=error.details())
+                    self._register_until_accepted(deadline=None)
+                    failing_since, wait = None, self.heartbeat_seconds
+                    continue
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("heartbeat_failing", replica_id=self.replica.replica_id,
+                                code=error.code().name, detail=error.details())
+                wait = self._retry_seconds
+                continue
+            if failing_since is not None:
+                log.info("heartbeat_recovered", replica_id=self.replica.replica_id,
+                         after_seconds=round(time.monotonic() - failing_since, 3))
+                failing_since = None
+            self.heartbeat_seconds = heartbeat_interval(reply.lease_ttl)
+            wait = self.heartbeat_seconds

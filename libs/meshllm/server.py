@@ -36,6 +36,11 @@ class MeshServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", 16 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
+                # Envoy PINGs every connection every few seconds (HTTP/2 keepalive, set by the
+                # control plane); grpc's default policy answers pings more frequent than one
+                # per 5 minutes (2 hours without calls) with GOAWAY "too_many_pings".
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 1000),
             ],
         )
         self._health = health.aio.HealthServicer()
@@ -74,6 +79,14 @@ class MeshServer:
                 loop.add_signal_handler(sig, self._shutdown.set)
             except (NotImplementedError, RuntimeError):  # not the main thread (in-process tests)
                 return
+
+    async def set_not_serving(self, reason: str) -> None:
+        """Health turns NOT_SERVING for the server and every service, so that balancers
+        (Envoy's health checks) send no new calls, while calls in flight go on; for a
+        replica that can no longer keep itself registered. `reason` goes to the log."""
+        log.error("not_serving", reason=reason)
+        for name in ("", *self._service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def request_shutdown(self) -> None:
         self._shutdown.set()

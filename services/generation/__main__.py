@@ -91,6 +91,7 @@ async def serve(settings: GenerationSettings) -> None:
                     max_context_tokens=engine.max_context_tokens,
                     labels={"engine": settings.engine},
                 ),
+                on_renewal_died=server.set_not_serving,
             )
             await registration.start()
         log.info("ready", port=port, replica_id=settings.replica_id, model=engine.model_name,

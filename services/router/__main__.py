@@ -29,7 +29,8 @@ async def main(settings: RouterSettings) -> None:
     port = await server.start()
     registration = ReplicaRegistration(settings.controlplane_address, registry_pb2.Replica(
         replica_id=settings.replica_id or f"router-{settings.host}-{port}",
-        service="router", host=settings.host, port=port))
+        service="router", host=settings.host, port=port),
+        on_renewal_died=server.set_not_serving)
     await registration.start()
     print(f"READY port={port}", flush=True)
     await server.wait_for_shutdown_signal()
