@@ -1,5 +1,6 @@
 """A thread whose unexpected end is reported to its owner on the event loop."""
 import asyncio
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -22,7 +23,10 @@ class SupervisedThread:
         self._on_died = on_died
         self.died: str | None = None
         """Why the thread ended by an exception; None while it runs or after a clean stop."""
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # A new thread starts with an empty context: carry the logging fields bound so far.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name=name,
+                                        daemon=True)
 
     @property
     def name(self) -> str:

@@ -7,9 +7,13 @@ import urllib.request
 
 import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshllm.api.controlplane.v1 import registry_pb2
+from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.registration import ReplicaRegistration
+from meshllm.server import MeshServer
+from meshllm.settings import ServiceSettings
 from services.controlplane import resources
 from services.controlplane.ads import AdsCallbacks
 from services.controlplane.app import ControlPlane
@@ -20,6 +24,9 @@ from services.controlplane.snapshot import CLUSTER, make_snapshot
 
 ECHO = "/meshllm.echo.v1.EchoService/Echo"
 GENERATE = "/meshllm.generation.v1.GenerationService/GetLoad"
+GENERATION_SERVICE = "meshllm.generation.v1.GenerationService"
+LEASE_TTL = 1.5
+KEEPALIVE_INTERVAL = 1.0
 
 
 def free_port() -> int:
@@ -53,8 +60,9 @@ class Mesh:
 
     def settings(self, port: int, grace: float) -> ControlPlaneSettings:
         return ControlPlaneSettings(
-            port=port, metrics_port=-1, lease_ttl_seconds=1.5, eds_grace_seconds=grace,
-            public_port=self.public_port, mesh_port=self.mesh_port, admin_port=self.admin_port)
+            port=port, metrics_port=-1, lease_ttl_seconds=LEASE_TTL, eds_grace_seconds=grace,
+            public_port=self.public_port, mesh_port=self.mesh_port, admin_port=self.admin_port,
+            keepalive_interval_seconds=KEEPALIVE_INTERVAL, health_check_interval_seconds=0.5)
 
     async def start_controlplane(self, port: int = 0, grace: float = 0.0) -> None:
         self.controlplane = ControlPlane(self.settings(port, grace), self.callbacks)
@@ -69,6 +77,13 @@ class Mesh:
         return {int(line[len(prefix):].split("::")[0])
                 for line in self.admin("/clusters").splitlines()
                 if line.startswith(prefix) and "::health_flags::" in line}
+
+    def health_flags(self, cluster: str, port: int) -> str:
+        prefix = f"{cluster}::127.0.0.1:{port}::health_flags::"
+        for line in self.admin("/clusters").splitlines():
+            if line.startswith(prefix):
+                return line[len(prefix):]
+        return ""
 
     def stat(self, name: str) -> int:
         for line in self.admin(f"/stats?filter=^{name}$").splitlines():
@@ -98,21 +113,27 @@ async def eventually(check, timeout: float = 2.0):
 
 
 class Replica:
-    """A real tiny gRPC server that answers any path below its service with its name."""
+    """A real tiny gRPC server that answers any path below its service with its name, or
+    with `refuse` when set; with grpc.health.v1, which Envoy checks."""
 
     def __init__(self, name: str, service: str, full_service: str, model: str = ""):
         self.name, self.service, self.full_service, self.model = name, service, full_service, model
         self.server = grpc.aio.server()
+        self.health = health.aio.HealthServicer()
+        self.refuse: grpc.StatusCode | None = None
         self.port = 0
         self.registration: ReplicaRegistration | None = None
 
     async def start(self, controlplane_port: int) -> "Replica":
         async def answer(request: bytes, context) -> bytes:
+            if self.refuse is not None:
+                await context.abort(self.refuse, f"{self.name} refuses")
             return self.name.encode() + b":" + request
 
         handler = grpc.unary_unary_rpc_method_handler(answer)
         self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
             self.full_service, {"Echo": handler, "GetLoad": handler})])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
         self.registration = ReplicaRegistration(
@@ -127,6 +148,11 @@ class Replica:
         if self.registration is not None:
             await self.registration.stop()
         await self.server.stop(0)
+
+
+class LoadServicer(generation_pb2_grpc.GenerationServiceServicer):
+    async def GetLoad(self, request, context):
+        return generation_pb2.GetLoadResponse()
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +224,85 @@ async def test_a_model_without_a_pool_gets_unimplemented_naming_the_header(chann
         await call(channel, GENERATE, model)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "x-meshllm-model" in raised.value.details()
+
+
+async def test_an_admission_rejection_is_retried_on_a_sibling_before_the_caller_sees_it(
+        mesh, channel):
+    full, free = [await Replica(name, "generation", GENERATION_SERVICE, model="busy").start(
+        mesh.controlplane_port) for name in ("busy-full", "busy-free")]
+    mesh.replicas += [full, free]
+    full.refuse = grpc.StatusCode.RESOURCE_EXHAUSTED
+    cluster = resources.generation_cluster_name("busy")
+    await eventually(lambda: {full.port, free.port} <= mesh.endpoints(cluster))
+    for _ in range(12):  # least-request balancing sends some of these to the full one first
+        assert await call(channel, GENERATE, "busy") == "busy-free:hi"
+    assert mesh.stat(f"cluster.{cluster}.upstream_rq_retry") >= 1
+    free.refuse = grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(channel, GENERATE, "busy")
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_replica_that_reports_not_serving_gets_no_new_calls_while_a_sibling_serves(
+        mesh, channel):
+    full, free = mesh.replicas[-2:]
+    full.refuse = free.refuse = None
+    await full.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    cluster = resources.generation_cluster_name("busy")
+    await eventually(lambda: "failed_active_hc" in mesh.health_flags(cluster, full.port), 5)
+
+    async def all_answered_by_the_serving_one() -> bool:
+        return {await call(channel, GENERATE, "busy") for _ in range(12)} == {"busy-free:hi"}
+
+    # Envoy hands health changes to its balancer once per update_merge_window (1 s).
+    await eventually(all_answered_by_the_serving_one, 3)
+    assert await all_answered_by_the_serving_one()
+    await full.health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await eventually(lambda: mesh.health_flags(cluster, full.port) == "healthy", 5)
+
+
+async def test_the_last_replica_of_a_pool_stays_in_envoy_when_its_heartbeats_stop(
+        mesh, channel):
+    lonely = await Replica("lonely", "generation", GENERATION_SERVICE, model="lonely").start(
+        mesh.controlplane_port)
+    mesh.replicas.append(lonely)
+    cluster = resources.generation_cluster_name("lonely")
+    await eventually(lambda: lonely.port in mesh.endpoints(cluster))
+    lonely.registration._stopping.set()  # heartbeats stop; the process lives on
+    await asyncio.sleep(LEASE_TTL * 2)
+    assert lonely.port in mesh.endpoints(cluster)
+    assert await call(channel, GENERATE, "lonely") == "lonely:hi"
+    # A live sibling takes the pool over; the silent one goes.
+    sibling = await Replica("lonely-2", "generation", GENERATION_SERVICE, model="lonely").start(
+        mesh.controlplane_port)
+    mesh.replicas.append(sibling)
+    await eventually(lambda: mesh.endpoints(cluster) == {sibling.port})
+    mesh.replicas.remove(lonely)
+    await lonely.stop()
+
+
+async def test_envoys_keepalive_pings_leave_an_idle_connection_to_a_mesh_server_open(
+        mesh, channel):
+    server = MeshServer(ServiceSettings(controlplane_address="", metrics_port=-1), "generation")
+    server.add_service(generation_pb2_grpc.add_GenerationServiceServicer_to_server,
+                       LoadServicer(), GENERATION_SERVICE)
+    port = await server.start()
+    registration = ReplicaRegistration(f"127.0.0.1:{mesh.controlplane_port}", registry_pb2.Replica(
+        replica_id="pinged", service="generation", host="127.0.0.1", port=port, model="pinged"))
+    await registration.start(timeout=5)
+    cluster = resources.generation_cluster_name("pinged")
+    try:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        await eventually(lambda: stub.GetLoad(generation_pb2.GetLoadRequest(), timeout=1,
+                                              metadata=(("x-meshllm-model", "pinged"),)))
+        await asyncio.sleep(KEEPALIVE_INTERVAL * 4.5)  # Envoy PINGs; nobody calls
+        # grpc's default policy would have answered the third ping with GOAWAY.
+        assert mesh.stat(f"cluster.{cluster}.upstream_cx_close_notify") == 0
+        assert mesh.stat(f"cluster.{cluster}.upstream_cx_destroy") == 0
+        assert mesh.stat(f"cluster.{cluster}.upstream_cx_active") == 1
+    finally:
+        await registration.stop()
+        await server.drain(grace_seconds=0)
 
 
 async def test_deregistration_removes_the_endpoint_from_envoy(mesh, channel):
