@@ -99,3 +99,14 @@ async def test_drain_lets_an_open_stream_finish_and_refuses_new_calls():
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.GetLoad(generation_pb2.GetLoadRequest(), timeout=1)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_set_not_serving_turns_health_not_serving_and_calls_still_go_on(server):
+    await server.set_not_serving("lease renewal died: RegistrationRefused")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health_stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICE):
+            reply = await health_stub.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        assert len([e async for e in stub.Generate(request(1))]) == 1
