@@ -24,29 +24,39 @@ log = get_logger(__name__)
 
 
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        # Wrapped once per method, not per call: the stream path pays per call too.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(("/grpc.health.", "/grpc.reflection.")):
-            return handler
-        method = details.method
-        parse = lenient(handler.request_deserializer)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=parse,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=parse,
-                response_serializer=_passing_bytes(handler.response_serializer),
-            )
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            wrapped = self._wrapped[details.method] = _wrap(await continuation(details),
+                                                            details.method)
+        return wrapped
+
+
+def _wrap(handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler | None:
+    if handler is None or method.startswith(("/grpc.health.", "/grpc.reflection.")):
         return handler
+    parse = lenient(handler.request_deserializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(handler.unary_unary, method),
+            request_deserializer=parse,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(handler.unary_stream, method),
+            request_deserializer=parse,
+            response_serializer=_passing_bytes(handler.response_serializer),
+        )
+    return handler
 
 
 def _passing_bytes(serialize):

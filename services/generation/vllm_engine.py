@@ -182,15 +182,27 @@ class VllmEngine:
             params = self._sampling_params(request)
         except (ValueError, VLLMClientError) as error:
             raise GenerationError(ErrorCode.INVALID_ARGUMENT, str(error)) from error
-        yield Started(prompt_tokens=len(prompt_ids))
-
         # Callers' request ids need not be unique (a retry may reuse one); vLLM aborts by id,
         # so each stream gets its own engine id and cancelling one never aborts another.
         engine_id = f"{request.request_id}-{next(self._stream_numbers)}"
-        outputs = self._llm.generate({"prompt_token_ids": prompt_ids}, params, engine_id)
+        # The request is queued in the engine before `Started` is written: the first token
+        # must not wait for that write (it waits for the caller's side of the stream).
+        try:
+            outputs = await self._llm.add_request(
+                engine_id, {"prompt_token_ids": prompt_ids}, params)
+        except asyncio.CancelledError:
+            await self._llm.abort(engine_id)
+            raise
+        except VLLMClientError as error:
+            raise GenerationError(ErrorCode.INVALID_ARGUMENT, str(error)) from error
         reason, completion = FinishReason.ABORTED, 0
         try:
-            async for output in outputs:
+            yield Started(prompt_tokens=len(prompt_ids))
+            finished = False
+            while not finished:
+                # Everything the engine produced since the last pull, merged into one output.
+                output = outputs.get_nowait() or await outputs.get()
+                finished = output.finished
                 if output.metrics is not None and output.metrics.scheduled_ts:
                     # Engine-core timestamps are on the same host-wide monotonic clock.
                     clock.mark_scheduled(output.metrics.scheduled_ts)
@@ -199,12 +211,11 @@ class VllmEngine:
                     clock.mark_token()
                     completion += len(choice.token_ids)
                     yield Delta(text=choice.text, token_ids=tuple(choice.token_ids))
-                if output.finished:
+                if finished:
                     reason = FINISH_REASONS.get(choice.finish_reason, FinishReason.ABORTED)
         except (asyncio.CancelledError, GeneratorExit):
-            # The caller went away: no tokens for nobody. vLLM's generate() aborts too;
-            # abort is idempotent and this covers the gap before its queue exists.
-            await self._llm.abort(engine_id)
+            # The caller went away: no tokens for nobody.
+            await self._llm.abort(outputs.request_id, internal=True)
             raise
         except VLLMClientError as error:
             raise GenerationError(ErrorCode.INVALID_ARGUMENT, str(error)) from error
@@ -213,7 +224,7 @@ class VllmEngine:
                 ErrorCode.UNAVAILABLE, "the engine of this replica died; retry on another"
             ) from error
         finally:
-            await outputs.aclose()
+            outputs.close()
         yield Finished(reason, len(prompt_ids), completion, clock.timings())
 
     def load(self) -> EngineLoad:

@@ -6,6 +6,7 @@ from prometheus_client import Counter
 
 from meshllm.api.generation.v1 import generation_pb2
 from meshllm.api.inference.v1 import inference_pb2
+from meshllm.channels import carried_metadata, client_span, end_span
 from meshllm.logging import get_logger
 from meshllm.protos import MODEL_HEADER, duration
 from meshllm.errors import CallRefused
@@ -52,12 +53,14 @@ class GenerationClient:
 
     async def __call__(self, call: GenerationCall) -> Events:
         model = call.model.pool.name
+        span = client_span(GENERATE_METHOD)
         stream = self._generate(
             to_generation_request(call),
             timeout=call.time_remaining(),
-            metadata=((MODEL_HEADER, model),),
+            metadata=(*carried_metadata(span), (MODEL_HEADER, model)),
         )
         replica, first_token_at, finished = "", None, False
+        code = grpc.StatusCode.CANCELLED
         try:
             async for raw in coalesced(stream):
                 tag = raw[0] if raw else 0
@@ -75,12 +78,15 @@ class GenerationClient:
                     upstream = generation_pb2.GenerateResponse.FromString(raw).finished
                     yield inference_pb2.GenerateResponse(
                         finished=self._finished(call, upstream, first_token_at))
+            code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as error:
+            code = error.code()
             raise self._rejection(error, model, replica) from None
         finally:
             # However this generator ends (the caller went away, the task was cancelled while
             # blocked on a slow client), generation must stop working for nobody.
             stream.cancel()
+            end_span(span, code)
         if not finished:
             MIDSTREAM_FAILURES.labels(model).inc()
             log.warning("truncated_stream", model=model, replica=replica)
