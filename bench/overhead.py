@@ -11,10 +11,11 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import psutil
 
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
@@ -26,6 +27,19 @@ class PathResult:
     ttfts: list[float]
     tokens: int
     seconds: float
+    gaps: list[float] = field(default_factory=list)
+    """Seconds between consecutive deltas of a stream."""
+    deltas: int = 0
+    router_cpu: float = 0.0
+    """CPU seconds the router process spent during the run (mesh path only)."""
+
+    def gap_ms(self, quantile: float) -> float:
+        ordered = sorted(self.gaps) or [0.0]
+        return 1000 * ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+
+    @property
+    def router_us_per_token(self) -> float:
+        return 1e6 * self.router_cpu / self.tokens
 
     def ttft_ms(self, quantile: float) -> float:
         ordered = sorted(self.ttfts)
@@ -43,25 +57,39 @@ def requests(max_tokens: int):
             inference_pb2.GenerateRequest(chat=messages, sampling=sampling))
 
 
-async def one_stream(stub, request) -> tuple[float, int]:
+async def one_stream(stub, request) -> tuple[float, int, list[float]]:
     started = time.perf_counter()
-    ttft, tokens = None, 0
+    ttft, tokens, arrivals = None, 0, []
     async for event in stub.Generate(request, timeout=120):
         if event.WhichOneof("event") == "delta":
+            arrivals.append(time.perf_counter())
             if ttft is None:
-                ttft = time.perf_counter() - started
+                ttft = arrivals[-1] - started
             tokens += len(event.delta.token_ids)
-    return ttft, tokens
+    return ttft, tokens, arrivals
 
 
-async def run_path(stub, request, concurrency: int, rounds: int) -> PathResult:
-    ttfts, tokens = [], 0
-    began = time.perf_counter()
+def cpu_seconds(process: psutil.Process | None) -> float:
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+async def run_path(stub, request, concurrency: int, rounds: int,
+                   router: psutil.Process | None = None) -> PathResult:
+    result = PathResult([], 0, 0.0)
+    began, cpu_before = time.perf_counter(), cpu_seconds(router)
     for _ in range(rounds):
-        results = await asyncio.gather(*(one_stream(stub, request) for _ in range(concurrency)))
-        ttfts += [ttft for ttft, _ in results]
-        tokens += sum(count for _, count in results)
-    return PathResult(ttfts, tokens, time.perf_counter() - began)
+        streams = await asyncio.gather(*(one_stream(stub, request) for _ in range(concurrency)))
+        for ttft, tokens, arrivals in streams:
+            result.ttfts.append(ttft)
+            result.tokens += tokens
+            result.deltas += len(arrivals)
+            result.gaps += [b - a for a, b in zip(arrivals, arrivals[1:])]
+    result.seconds = time.perf_counter() - began
+    result.router_cpu = cpu_seconds(router) - cpu_before
+    return result
 
 
 async def main(args) -> None:
@@ -82,6 +110,7 @@ async def main(args) -> None:
                 grpc.aio.insecure_channel(f"127.0.0.1:{options.ports.public}") as public:
             direct_stub = generation_pb2_grpc.GenerationServiceStub(direct)
             mesh_stub = inference_pb2_grpc.InferenceServiceStub(public)
+            router = psutil.Process(mesh.router.process.pid)
             await run_path(direct_stub, direct_request, 4, 1)  # warm both paths' connections
             await run_path(mesh_stub, mesh_request, 4, 1)
             for concurrency in args.concurrency:
@@ -90,7 +119,8 @@ async def main(args) -> None:
                 direct_runs, mesh_runs = [], []
                 for _ in range(args.repeats):
                     direct_runs.append(await run_path(direct_stub, direct_request, concurrency, rounds))
-                    mesh_runs.append(await run_path(mesh_stub, mesh_request, concurrency, rounds))
+                    mesh_runs.append(await run_path(mesh_stub, mesh_request, concurrency, rounds,
+                                                    router))
                 rows.append((concurrency, merge(direct_runs), merge(mesh_runs)))
     finally:
         await mesh.stop()
@@ -99,7 +129,8 @@ async def main(args) -> None:
 
 def merge(runs: list[PathResult]) -> PathResult:
     return PathResult([t for r in runs for t in r.ttfts], sum(r.tokens for r in runs),
-                      sum(r.seconds for r in runs))
+                      sum(r.seconds for r in runs), [g for r in runs for g in r.gaps],
+                      sum(r.deltas for r in runs), sum(r.router_cpu for r in runs))
 
 
 def print_table(rows, args) -> None:
@@ -107,7 +138,9 @@ def print_table(rows, args) -> None:
           f"{args.itl * 1000:.0f} ms, {args.max_tokens} tokens/stream), "
           f"{platform.machine()} {platform.processor() or ''}")
     header = ("streams", "direct TTFT p50/p99 ms", "mesh TTFT p50/p99 ms",
-              "overhead p50/p99 ms", "direct tok/s", "mesh tok/s", "mesh/direct")
+              "overhead p50/p99 ms", "direct tok/s", "mesh tok/s", "mesh/direct",
+              "delta gap p50 ms direct/mesh", "tokens/delta direct/mesh",
+              "router CPU µs/token")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for concurrency, direct, through in rows:
@@ -116,7 +149,10 @@ def print_table(rows, args) -> None:
               f"| {through.ttft_ms(.5) - direct.ttft_ms(.5):+.1f} / "
               f"{through.ttft_ms(.99) - direct.ttft_ms(.99):+.1f} "
               f"| {direct.tokens_per_second:.0f} | {through.tokens_per_second:.0f} "
-              f"| {through.tokens_per_second / direct.tokens_per_second:.3f} |")
+              f"| {through.tokens_per_second / direct.tokens_per_second:.3f} "
+              f"| {direct.gap_ms(.5):.1f} / {through.gap_ms(.5):.1f} "
+              f"| {direct.tokens / direct.deltas:.1f} / {through.tokens / through.deltas:.1f} "
+              f"| {through.router_us_per_token:.1f} |")
 
 
 def parse_args():

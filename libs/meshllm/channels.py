@@ -13,11 +13,43 @@ _tracer = trace.get_tracer("meshllm.grpc.client")
 _finishing: set[asyncio.Task] = set()
 
 
-def mesh_channel(target: str) -> grpc.aio.Channel:
+# The peer (Envoy, the control plane) may restart: the default back-off grows to 120 s.
+RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100),
+                     ("grpc.min_reconnect_backoff_ms", 100),
+                     ("grpc.max_reconnect_backoff_ms", 1000))
+
+
+def mesh_channel(target: str, intercepted: bool = True) -> grpc.aio.Channel:
+    """A channel to another service. `intercepted=False` leaves out the interceptors, which
+    cost a task and three generator hops on every streamed message: a caller on the stream
+    path carries the context itself with `carried_metadata` under a `client_span`."""
+    if not intercepted:
+        return grpc.aio.insecure_channel(target, options=RECONNECT_OPTIONS)
     # grpc.aio files each interceptor under the first kind it is an instance of, so each
     # kind of call needs an interceptor of its own.
     return grpc.aio.insecure_channel(
-        target, interceptors=[UnaryContextInterceptor(), StreamContextInterceptor()])
+        target, options=RECONNECT_OPTIONS,
+        interceptors=[UnaryContextInterceptor(), StreamContextInterceptor()])
+
+
+def client_span(method: str) -> trace.Span:
+    """A client span for one outgoing call; the caller ends it when the call ends."""
+    return _tracer.start_span(method.lstrip("/"), kind=SpanKind.CLIENT,
+                              attributes={"rpc.system": "grpc"})
+
+
+def carried_metadata(span: trace.Span) -> list[tuple[str, str]]:
+    """The request id and the trace (as `span`'s child) for an outgoing call's metadata."""
+    carried = {REQUEST_ID_HEADER: current_request_id()}
+    inject_context(carried, trace.set_span_in_context(span))
+    return [(key, value) for key, value in carried.items() if value]
+
+
+def end_span(span: trace.Span, code: grpc.StatusCode) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.name)
+    if code != grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, code.name))
+    span.end()
 
 
 class UnaryContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
@@ -32,13 +64,10 @@ class StreamContextInterceptor(grpc.aio.UnaryStreamClientInterceptor):
 
 async def _carry_context(continuation, details: grpc.aio.ClientCallDetails, request):
     method = details.method.decode() if isinstance(details.method, bytes) else details.method
-    span = _tracer.start_span(method.lstrip("/"), kind=SpanKind.CLIENT,
-                              attributes={"rpc.system": "grpc"})
-    carried = {REQUEST_ID_HEADER: current_request_id()}
-    inject_context(carried, trace.set_span_in_context(span))
+    span = client_span(method)
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    for key, value in carried.items():
-        if value and key not in metadata:
+    for key, value in carried_metadata(span):
+        if key not in metadata:
             metadata.add(key, value)
     call = await continuation(grpc.aio.ClientCallDetails(
         details.method, details.timeout, metadata, details.credentials,
@@ -55,8 +84,4 @@ def _end_when_known(span, call) -> None:
 
 
 async def _end(span, call) -> None:
-    code = await call.code()
-    span.set_attribute("rpc.grpc.status_code", code.name)
-    if code != grpc.StatusCode.OK:
-        span.set_status(Status(StatusCode.ERROR, code.name))
-    span.end()
+    end_span(span, await call.code())

@@ -10,7 +10,7 @@ from grpc_reflection.v1alpha import reflection
 
 from meshllm.logging import get_logger
 from meshllm.metrics import serve_metrics
-from meshllm.request_context import RequestContextInterceptor
+from meshllm.call_wrapper import RequestContextInterceptor
 from meshllm.settings import ServiceSettings
 
 log = get_logger(__name__)

@@ -22,6 +22,8 @@ from meshllm.logging import get_logger
 from meshllm.observability import configure_observability
 from meshllm.registration import ReplicaRegistration
 from meshllm.server import MeshServer
+from services.generation.admission import AdmissionGate
+from services.generation.chunk_pacing import ChunkPacer
 from services.generation.config import TINY_MODEL_DIR, GenerationSettings
 from services.generation.engine import Engine
 from services.generation.server import GenerationServicer
@@ -38,6 +40,7 @@ def build_engine(settings: GenerationSettings) -> Engine:
             max_context_tokens=settings.max_model_len or 2048,
             time_to_first_token=settings.sim_time_to_first_token_seconds,
             inter_token_latency=settings.sim_inter_token_latency_seconds,
+            max_running_requests=settings.max_running_requests or settings.sim_max_running_requests,
         )
     from services.generation.vllm_engine import VllmEngine
 
@@ -51,6 +54,8 @@ def build_engine(settings: GenerationSettings) -> Engine:
         served_model_name=settings.model_name(),
         max_model_len=settings.max_model_len or None,
         kv_cache_gib=settings.kv_cache_gib,
+        max_num_seqs=settings.max_running_requests or None,
+        stream_interval=settings.stream_interval,
     )
 
 
@@ -70,9 +75,13 @@ async def serve(settings: GenerationSettings) -> None:
             log.info("stopped_before_ready")
             return
         server = MeshServer(settings, service="generation")
+        admission = AdmissionGate(engine.max_running_requests, settings.max_waiting_requests)
+        pacer = ChunkPacer(settings.stream_messages_per_second,
+                           settings.stream_max_chunk_delay_seconds,
+                           open_streams=lambda: admission.admitted)
         server.add_service(
             generation_pb2_grpc.add_GenerationServiceServicer_to_server,
-            GenerationServicer(engine, settings.replica_id, settings.max_waiting_requests),
+            GenerationServicer(engine, settings.replica_id, admission, pacer),
             "meshllm.generation.v1.GenerationService",
         )
         port = await server.start()

@@ -23,12 +23,17 @@ class ErrorCode(enum.Enum):
 
 
 class GenerationError(Exception):
-    """A request the engine will not or cannot run, with a message a person can act on."""
+    """A request the engine will not or cannot run, with a message a person can act on,
+    a stable `reason` for programs, the request field at fault and when a retry may succeed."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, reason: str = "", field: str = "",
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason or code.name
+        self.field = field
+        self.retry_after = retry_after
 
 
 class FinishReason(enum.Enum):
@@ -119,6 +124,11 @@ class Engine(Protocol):
     @property
     def max_context_tokens(self) -> int: ...
 
+    @property
+    def max_running_requests(self) -> int:
+        """How many requests the engine runs at once; the rest wait in its queue."""
+        ...
+
     async def start(self) -> None: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Step]: ...
@@ -138,24 +148,13 @@ def validate_request(request: GenerationRequest, model_name: str, max_context_to
         raise GenerationError(
             ErrorCode.NOT_FOUND,
             f"model {request.model!r} is not served by this replica; it serves {model_name!r} "
-            "(leave model empty to accept it)",
+            "(leave model empty to accept it)", reason="MODEL_NOT_SERVED", field="model",
         )
     if request.max_tokens >= max_context_tokens:
         raise GenerationError(
             ErrorCode.INVALID_ARGUMENT,
             f"max_tokens {request.max_tokens} leaves no room for the prompt in this model's "
             f"context of {max_context_tokens} tokens; ask for at most {max_context_tokens - 1}",
-        )
-
-
-def check_admission(load: EngineLoad, max_waiting_requests: int) -> None:
-    """vLLM queues without limit, so overload would show up as minutes of time to first
-    token; past `max_waiting_requests` waiting, a request is refused at once instead."""
-    if load.waiting >= max_waiting_requests:
-        raise GenerationError(
-            ErrorCode.RESOURCE_EXHAUSTED,
-            f"this replica already has {load.waiting} requests waiting for the engine (limit "
-            f"{max_waiting_requests}); retry shortly or on another replica",
         )
 
 
@@ -167,14 +166,15 @@ def check_context(prompt_tokens: int, max_tokens: int, max_context_tokens: int) 
         raise GenerationError(
             ErrorCode.INVALID_ARGUMENT,
             f"the prompt is {prompt_tokens} tokens, but this model's context is "
-            f"{max_context_tokens} tokens; shorten the prompt",
+            f"{max_context_tokens} tokens; shorten the prompt", reason="CONTEXT_EXCEEDED",
+            field="input",
         )
     raise GenerationError(
         ErrorCode.INVALID_ARGUMENT,
         f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) = "
         f"{prompt_tokens + max_tokens} exceeds this model's context of {max_context_tokens} "
         f"tokens; lower max_tokens to at most {max_context_tokens - prompt_tokens} "
-        "or shorten the prompt",
+        "or shorten the prompt", reason="CONTEXT_EXCEEDED", field="sampling.max_tokens",
     )
 
 

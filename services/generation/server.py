@@ -4,15 +4,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from contextlib import aclosing
 
 import grpc
 
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2
+from meshllm.errors import CallRefused
 from meshllm.generate_input import InvalidInput, check_fits_context, check_input, check_sampling
 from meshllm.logging import get_logger
 from meshllm.protos import duration
 from meshllm.request_context import current_request_id
+from services.generation.admission import AdmissionGate
+from services.generation.chunk_pacing import ChunkPacer
 from services.generation.engine import (
     ChatTurn,
     Delta,
@@ -23,7 +27,6 @@ from services.generation.engine import (
     GenerationRequest,
     Started,
     Step,
-    check_admission,
 )
 
 log = get_logger(__name__)
@@ -38,6 +41,15 @@ FINISH_REASONS = {
     FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
     FinishReason.ABORTED: inference_pb2.FINISH_REASON_ABORTED,
 }
+
+
+# Shorter waits cost more in timer wake-ups than they save in messages.
+MIN_PACING_SLEEP = 0.0005
+
+
+def refusal(error: GenerationError) -> CallRefused:
+    return CallRefused(grpc.StatusCode[error.code.name], error.message, reason=error.reason,
+                       field=error.field, retry_after=error.retry_after)
 
 
 def to_request(request: generation_pb2.GenerateRequest, fallback_id: str) -> GenerationRequest:
@@ -92,10 +104,12 @@ def to_response(step: Step, replica_id: str, model: str) -> generation_pb2.Gener
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
-    def __init__(self, engine: Engine, replica_id: str, max_waiting_requests: int) -> None:
+    def __init__(self, engine: Engine, replica_id: str, admission: AdmissionGate,
+                 pacer: ChunkPacer) -> None:
         self._engine = engine
         self._replica_id = replica_id
-        self._max_waiting_requests = max_waiting_requests
+        self._admission = admission
+        self._pacer = pacer
         self._started_at = time.monotonic()
 
     async def Generate(self, request, context):
@@ -104,33 +118,28 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             check_sampling(request.sampling)
             check_fits_context(request.sampling.max_tokens, self._engine.max_context_tokens)
         except InvalidInput as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        try:
-            check_admission(self._engine.load(), self._max_waiting_requests)
-        except GenerationError as error:
-            await context.abort(grpc.StatusCode[error.code.name], error.message)
+            raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error),
+                              reason="INVALID_INPUT", field=error.field) from None
         job = to_request(request, current_request_id() or uuid.uuid4().hex)
-        steps = self._engine.generate(job)
         try:
-            async for step in steps:
-                yield to_response(step, self._replica_id, self._engine.model_name)
+            admission = self._admission.admit(self._engine.load().waiting)
         except GenerationError as error:
-            log.info("generate_rejected", code=error.code.name, reason=error.message)
-            await context.abort(grpc.StatusCode[error.code.name], error.message)
-        except asyncio.CancelledError:
-            # The caller went away: closing the stream aborts it in the engine (only this
-            # stream: another call may share the request id), then the cancel goes on.
-            await steps.aclose()
-            raise
-        except Exception:
-            log.exception("generate_failed", request_id=job.request_id)
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"the engine failed on request {job.request_id}; retry, and report it if it "
-                "happens again",
-            )
-        finally:
-            await steps.aclose()
+            log.info("generate_refused", reason=error.reason, detail=error.message)
+            raise refusal(error) from None
+        with admission:
+            try:
+                async with aclosing(self._engine.generate(job)) as steps:
+                    async for step in steps:
+                        sent_at = time.monotonic()
+                        yield to_response(step, self._replica_id, self._engine.model_name)
+                        if isinstance(step, Delta):
+                            # Let the engine's next tokens gather into one delta (chunk_pacing).
+                            wait = sent_at + self._pacer.gap() - time.monotonic()
+                            if wait > MIN_PACING_SLEEP:
+                                await asyncio.sleep(wait)
+            except GenerationError as error:
+                log.info("generate_refused", reason=error.reason, detail=error.message)
+                raise refusal(error) from None
 
     async def GetLoad(self, request, context):
         load = self._engine.load()

@@ -45,7 +45,12 @@ def word_for(position: int, seed: int) -> tuple[str, int]:
 
 
 class SimEngine:
-    """Implements `Engine` with sleeps instead of a model."""
+    """Implements `Engine` with sleeps instead of a model.
+
+    Tokens fall due on a fixed timeline from the request's start, whether or not the caller
+    is reading, and a caller that comes back late gets every token due meanwhile in one Delta,
+    as vLLM merges a request's outputs for a slow consumer. At most `max_running_requests`
+    run at once; the rest wait, as in vLLM's queue."""
 
     def __init__(
         self,
@@ -54,16 +59,19 @@ class SimEngine:
         time_to_first_token: float = 0.05,
         inter_token_latency: float = 0.01,
         kv_cache_tokens: int = 16384,
+        max_running_requests: int = 256,
     ) -> None:
         self._model_name = model_name
         self._max_context_tokens = max_context_tokens
         self._ttft = time_to_first_token
         self._itl = inter_token_latency
         self._kv_cache_tokens = kv_cache_tokens
-        self._open_streams: dict[str, int] = {}  # by request id; ids need not be unique
+        self._max_running = max_running_requests
+        self._slots = asyncio.Semaphore(max_running_requests)
         self._running = 0
+        self._waiting = 0
         self._tokens_in_use = 0
-        self._aborted: set[str] = set()
+        self._stopping = False
 
     @property
     def model_name(self) -> str:
@@ -72,6 +80,10 @@ class SimEngine:
     @property
     def max_context_tokens(self) -> int:
         return self._max_context_tokens
+
+    @property
+    def max_running_requests(self) -> int:
+        return self._max_running
 
     async def start(self) -> None:
         return None
@@ -83,44 +95,47 @@ class SimEngine:
         check_context(prompt_tokens, request.max_tokens, self._max_context_tokens)
         yield Started(prompt_tokens=prompt_tokens)
 
-        request_id = request.request_id
-        self._open_streams[request_id] = self._open_streams.get(request_id, 0) + 1
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
         self._running += 1
         self._tokens_in_use += prompt_tokens
         clock.mark_scheduled()
-        reason = FinishReason.LENGTH
-        completion = 0
+        loop = asyncio.get_running_loop()
+        first_due = loop.time() + self._ttft
+        reason, completion = FinishReason.LENGTH, 0
         try:
-            for position in range(request.max_tokens):
-                await asyncio.sleep(self._ttft if position == 0 else self._itl)
-                if request_id in self._aborted:
+            while completion < request.max_tokens:
+                wait = first_due + completion * self._itl - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if self._stopping:
                     reason = FinishReason.ABORTED
                     break
-                text, token_id = word_for(position, request.seed or 0)
+                due = request.max_tokens if self._itl <= 0 else min(
+                    request.max_tokens, 1 + int((loop.time() - first_due) / self._itl))
+                words = [word_for(position, request.seed or 0)
+                         for position in range(completion, max(due, completion + 1))]
                 clock.mark_token()
-                completion += 1
-                self._tokens_in_use += 1
-                yield Delta(text=text, token_ids=(token_id,))
+                completion += len(words)
+                self._tokens_in_use += len(words)
+                yield Delta(text="".join(text for text, _ in words),
+                            token_ids=tuple(token_id for _, token_id in words))
             yield Finished(reason, prompt_tokens, completion, clock.timings())
         finally:
             # Runs on normal end, on cancellation and on aclose(): the slot is always freed.
+            self._slots.release()
             self._running -= 1
             self._tokens_in_use -= prompt_tokens + completion
-            self._open_streams[request_id] -= 1
-            if not self._open_streams[request_id]:
-                del self._open_streams[request_id]
-                self._aborted.discard(request_id)
-
-    async def abort(self, request_id: str) -> None:
-        if request_id in self._open_streams:
-            self._aborted.add(request_id)
 
     def load(self) -> EngineLoad:
         return EngineLoad(
             running=self._running,
-            waiting=0,
+            waiting=self._waiting,
             kv_cache_usage=min(1.0, self._tokens_in_use / self._kv_cache_tokens),
         )
 
     async def shutdown(self) -> None:
-        self._aborted.update(self._open_streams)
+        self._stopping = True

@@ -25,7 +25,20 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|
 UNK, BOS = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1]
 
 # Renders chat messages; a message ends with <|end|>, which is *not* an end-of-sequence token.
+# Like many real templates (Llama 2, Mistral) it refuses a conversation whose roles do not
+# alternate user/assistant after an optional leading system message, so the path that turns a
+# template's refusal into INVALID_ARGUMENT is exercised on the default model.
 CHAT_TEMPLATE = (
+    "{% set offset = 1 if messages and messages[0]['role'] == 'system' else 0 %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and loop.index0 != 0 %}"
+    "{{ raise_exception('a system message is only allowed first') }}"
+    "{% elif message['role'] != 'system' and (message['role'] == 'user') != "
+    "((loop.index0 - offset) % 2 == 0) %}"
+    "{{ raise_exception('conversation roles must alternate user/assistant/user/... "
+    "after an optional system message') }}"
+    "{% endif %}"
+    "{% endfor %}"
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"

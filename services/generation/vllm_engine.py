@@ -38,6 +38,23 @@ GIB = 1024**3
 FINISH_REASONS = {"length": FinishReason.LENGTH, "stop": FinishReason.STOP}
 
 
+def apply_chat_template(tokenizer, messages) -> str:
+    """The model's own chat template over the conversation. A template that refuses it (roles
+    that do not alternate, a system role the model has no place for) raises through jinja's
+    `raise_exception`: that is the caller's conversation, INVALID_ARGUMENT with its reason."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            [{"role": turn.role, "content": turn.content} for turn in messages],
+            tokenize=False, add_generation_prompt=True)
+    except TemplateError as error:
+        raise GenerationError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"the model's chat template refused the conversation: {error}",
+            reason="CHAT_TEMPLATE_REJECTED", field="chat.messages") from None
+
+
 class SchedulerStatsRecorder:
     """A vLLM stat logger that keeps the latest scheduler stats of each engine.
 
@@ -83,17 +100,20 @@ class VllmEngine:
         max_model_len: int | None = None,
         kv_cache_gib: float = 1.0,
         enforce_eager: bool = True,
+        max_num_seqs: int | None = None,
+        stream_interval: int = 1,
     ) -> None:
         self._model = model
         self._served_model_name = served_model_name or model
         self._max_model_len = max_model_len
         self._kv_cache_gib = kv_cache_gib
         self._enforce_eager = enforce_eager
+        self._max_num_seqs = max_num_seqs
+        self._stream_interval = stream_interval
         self._llm = None
         self._tokenizer = None
         self._snapshots: dict[int, EngineLoad] = {}
         self._reaper = ChildReaper()
-        self._engine_ids: dict[str, set[str]] = {}
         self._stream_numbers = itertools.count(1)
 
     @property
@@ -103,6 +123,10 @@ class VllmEngine:
     @property
     def max_context_tokens(self) -> int:
         return int(self._llm.model_config.max_model_len)
+
+    @property
+    def max_running_requests(self) -> int:
+        return int(self._llm.vllm_config.scheduler_config.max_num_seqs)
 
     async def start(self) -> None:
         """Starts the engine core process and loads the model (blocks until it is ready)."""
@@ -117,6 +141,8 @@ class VllmEngine:
             kv_cache_memory_bytes=int(self._kv_cache_gib * GIB),
             enforce_eager=self._enforce_eager,
             disable_log_stats=True,
+            max_num_seqs=self._max_num_seqs,
+            stream_interval=self._stream_interval,
         )
         recorder = SchedulerStatsRecorder.factory(self._snapshots)
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[recorder])
@@ -125,11 +151,7 @@ class VllmEngine:
 
     def _prompt_token_ids(self, request: GenerationRequest) -> list[int]:
         if request.messages is not None:
-            text = self._tokenizer.apply_chat_template(
-                [{"role": turn.role, "content": turn.content} for turn in request.messages],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
+            text = apply_chat_template(self._tokenizer, request.messages)
             # The template already holds the special tokens (e.g. BOS).
             return list(self._tokenizer.encode(text, add_special_tokens=False))
         return list(self._tokenizer.encode(request.prompt))
@@ -160,16 +182,27 @@ class VllmEngine:
             params = self._sampling_params(request)
         except (ValueError, VLLMClientError) as error:
             raise GenerationError(ErrorCode.INVALID_ARGUMENT, str(error)) from error
-        yield Started(prompt_tokens=len(prompt_ids))
-
         # Callers' request ids need not be unique (a retry may reuse one); vLLM aborts by id,
         # so each stream gets its own engine id and cancelling one never aborts another.
         engine_id = f"{request.request_id}-{next(self._stream_numbers)}"
-        self._engine_ids.setdefault(request.request_id, set()).add(engine_id)
-        outputs = self._llm.generate({"prompt_token_ids": prompt_ids}, params, engine_id)
+        # The request is queued in the engine before `Started` is written: the first token
+        # must not wait for that write (it waits for the caller's side of the stream).
+        try:
+            outputs = await self._llm.add_request(
+                engine_id, {"prompt_token_ids": prompt_ids}, params)
+        except asyncio.CancelledError:
+            await self._llm.abort(engine_id)
+            raise
+        except VLLMClientError as error:
+            raise GenerationError(ErrorCode.INVALID_ARGUMENT, str(error)) from error
         reason, completion = FinishReason.ABORTED, 0
         try:
-            async for output in outputs:
+            yield Started(prompt_tokens=len(prompt_ids))
+            finished = False
+            while not finished:
+                # Everything the engine produced since the last pull, merged into one output.
+                output = outputs.get_nowait() or await outputs.get()
+                finished = output.finished
                 if output.metrics is not None and output.metrics.scheduled_ts:
                     # Engine-core timestamps are on the same host-wide monotonic clock.
                     clock.mark_scheduled(output.metrics.scheduled_ts)
@@ -178,12 +211,11 @@ class VllmEngine:
                     clock.mark_token()
                     completion += len(choice.token_ids)
                     yield Delta(text=choice.text, token_ids=tuple(choice.token_ids))
-                if output.finished:
+                if finished:
                     reason = FINISH_REASONS.get(choice.finish_reason, FinishReason.ABORTED)
         except (asyncio.CancelledError, GeneratorExit):
-            # The caller went away: no tokens for nobody. vLLM's generate() aborts too;
-            # abort is idempotent and this covers the gap before its queue exists.
-            await self._llm.abort(engine_id)
+            # The caller went away: no tokens for nobody.
+            await self._llm.abort(outputs.request_id, internal=True)
             raise
         except VLLMClientError as error:
             raise GenerationError(ErrorCode.INVALID_ARGUMENT, str(error)) from error
@@ -192,18 +224,8 @@ class VllmEngine:
                 ErrorCode.UNAVAILABLE, "the engine of this replica died; retry on another"
             ) from error
         finally:
-            await outputs.aclose()
-            streams = self._engine_ids[request.request_id]
-            streams.discard(engine_id)
-            if not streams:
-                del self._engine_ids[request.request_id]
+            outputs.close()
         yield Finished(reason, len(prompt_ids), completion, clock.timings())
-
-    async def abort(self, request_id: str) -> None:
-        """Aborts every stream running under the caller's request id."""
-        engine_ids = self._engine_ids.get(request_id)
-        if engine_ids:
-            await self._llm.abort(list(engine_ids))
 
     def load(self) -> EngineLoad:
         """Running and waiting from the frontend's own count of unfinished requests, split by

@@ -16,7 +16,8 @@ from services.router.stages import ChooseModel, check_request
 
 
 async def main(settings: RouterSettings) -> None:
-    mesh = mesh_channel(settings.mesh_address)
+    # The stream path carries its context itself (GenerationClient): no interceptors there.
+    mesh = mesh_channel(settings.mesh_address, intercepted=False)
     controlplane = mesh_channel(settings.controlplane_address)
     catalog = ModelCatalog(controlplane, settings.catalog_refresh_seconds,
                            settings.catalog_forget_after_seconds)

@@ -4,12 +4,17 @@ import time
 import grpc
 from prometheus_client import Counter
 
-from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
+from meshllm.api.generation.v1 import generation_pb2
 from meshllm.api.inference.v1 import inference_pb2
+from meshllm.channels import carried_metadata, client_span, end_span
 from meshllm.logging import get_logger
 from meshllm.protos import MODEL_HEADER, duration
-from services.router.errors import RequestRejected
+from meshllm.errors import CallRefused
+from services.router.delta_coalescing import DELTA_TAG, FINISHED_TAG, STARTED_TAG, coalesced
+from services.router.errors import PassedOn
 from services.router.pipeline import Events, GenerationCall
+
+GENERATE_METHOD = "/meshllm.generation.v1.GenerationService/Generate"
 
 MIDSTREAM_FAILURES = Counter(
     "meshllm_router_midstream_failures",
@@ -25,7 +30,6 @@ _CALLER_CODES = {
 log = get_logger(__name__)
 
 
-
 def to_generation_request(call: GenerationCall) -> generation_pb2.GenerateRequest:
     request = call.request
     downstream = generation_pb2.GenerateRequest(
@@ -38,38 +42,59 @@ def to_generation_request(call: GenerationCall) -> generation_pb2.GenerateReques
 
 
 class GenerationClient:
+    """Calls generation through Envoy's mesh listener and forwards its stream: the started
+    and finished events rebuilt for the public API, deltas passed through as bytes."""
+
     def __init__(self, channel: grpc.aio.Channel):
-        self._stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        # No response deserializer: messages arrive as the bytes generation sent.
+        self._generate = channel.unary_stream(
+            GENERATE_METHOD,
+            request_serializer=generation_pb2.GenerateRequest.SerializeToString)
 
     async def __call__(self, call: GenerationCall) -> Events:
         model = call.model.pool.name
-        stream = self._stub.Generate(
+        span = client_span(GENERATE_METHOD)
+        stream = self._generate(
             to_generation_request(call),
             timeout=call.time_remaining(),
-            metadata=((MODEL_HEADER, model),),
+            metadata=(*carried_metadata(span), (MODEL_HEADER, model)),
         )
-        replica, first_token_at = "", None
+        replica, first_token_at, finished = "", None, False
+        code = grpc.StatusCode.CANCELLED
         try:
-            async for event in stream:
-                kind = event.WhichOneof("event")
-                if kind == "delta":
+            async for raw in coalesced(stream):
+                tag = raw[0] if raw else 0
+                if tag == DELTA_TAG:
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
-                    yield inference_pb2.GenerateResponse(delta=event.delta)
-                elif kind == "started":
-                    replica = event.started.replica_id
+                    yield raw
+                elif tag == STARTED_TAG:
+                    replica = generation_pb2.GenerateResponse.FromString(raw).started.replica_id
                     yield inference_pb2.GenerateResponse(started=inference_pb2.StartedEvent(
                         request_id=call.request_id, model=model, replica=replica,
                         route_reason=call.model.reason))
-                elif kind == "finished":
+                elif tag == FINISHED_TAG:
+                    finished = True
+                    upstream = generation_pb2.GenerateResponse.FromString(raw).finished
                     yield inference_pb2.GenerateResponse(
-                        finished=self._finished(call, event.finished, first_token_at))
+                        finished=self._finished(call, upstream, first_token_at))
+            code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as error:
+            code = error.code()
             raise self._rejection(error, model, replica) from None
         finally:
             # However this generator ends (the caller went away, the task was cancelled while
             # blocked on a slow client), generation must stop working for nobody.
             stream.cancel()
+            end_span(span, code)
+        if not finished:
+            MIDSTREAM_FAILURES.labels(model).inc()
+            log.warning("truncated_stream", model=model, replica=replica)
+            raise CallRefused(
+                grpc.StatusCode.UNAVAILABLE,
+                f"replica {replica or '?'} of model {model!r} ended the stream without a "
+                "finished event: the answer is truncated; retry the request",
+                reason="STREAM_TRUNCATED", retry_after=0.0)
 
     @staticmethod
     def _finished(call: GenerationCall, upstream: inference_pb2.FinishedEvent,
@@ -85,20 +110,21 @@ class GenerationClient:
             finish_reason=upstream.finish_reason, usage=upstream.usage, timings=timings)
 
     @staticmethod
-    def _rejection(error: grpc.aio.AioRpcError, model: str, replica: str) -> RequestRejected:
+    def _rejection(error: grpc.aio.AioRpcError, model: str, replica: str) -> CallRefused:
         code, details = error.code(), error.details() or ""
         if code in _CALLER_CODES:
-            return RequestRejected(code, details)
+            return PassedOn(code, details, error.trailing_metadata())
         if replica:
             # Past the response headers Envoy can neither retry nor eject: say so and count it.
             MIDSTREAM_FAILURES.labels(model).inc()
             log.warning("midstream_failure", model=model, replica=replica, code=code.name,
                         detail=details)
-            return RequestRejected(
+            return CallRefused(
                 grpc.StatusCode.UNAVAILABLE,
                 f"replica {replica} of model {model!r} failed mid-stream ({code.name}: "
-                f"{details}); the text received so far is incomplete, retry the request")
-        return RequestRejected(
+                f"{details}); the text received so far is incomplete, retry the request",
+                reason="REPLICA_FAILED_MIDSTREAM", retry_after=0.0)
+        return CallRefused(
             grpc.StatusCode.UNAVAILABLE,
             f"no replica of model {model!r} could take the request ({code.name}: {details}); "
-            "retry shortly")
+            "retry shortly", reason="NO_REPLICA_AVAILABLE", retry_after=1.0)

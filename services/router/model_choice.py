@@ -30,23 +30,26 @@ def choose_model(requested: str, pools: dict[str, ModelPool], default_model: str
         raise RequestRejected(
             grpc.StatusCode.NOT_FOUND,
             f"model {requested!r} is not served here; available models: {available} "
-            "(ListModels shows them)")
+            "(ListModels shows them)", reason="MODEL_NOT_FOUND", field="model")
     if default_model:
         if default_model in pools:
             return ModelChoice(pools[default_model], f"no model requested; default {default_model!r}")
         raise RequestRejected(
             grpc.StatusCode.UNAVAILABLE,
             f"no model requested and the default model {default_model!r} has no replica now; "
-            f"available models: {available}")
+            f"available models: {available}", reason="DEFAULT_MODEL_UNAVAILABLE",
+            retry_after=1.0)
     if len(pools) == 1:
         (pool,) = pools.values()
         return ModelChoice(pool, f"no model requested; {pool.name!r} is the only model served")
     if not pools:
         raise RequestRejected(grpc.StatusCode.UNAVAILABLE,
-                              "no generation replica is registered yet; retry shortly")
+                              "no generation replica is registered yet; retry shortly",
+                              reason="NO_MODEL_SERVED", retry_after=1.0)
     raise RequestRejected(
         grpc.StatusCode.INVALID_ARGUMENT,
-        f"several models are served ({available}) and no default is set: name one in 'model'")
+        f"several models are served ({available}) and no default is set: name one in 'model'",
+        reason="MODEL_REQUIRED", field="model")
 
 
 def default_model(pools: dict[str, ModelPool], configured_default: str) -> str:

@@ -5,7 +5,6 @@ import grpc
 
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from meshllm.request_context import current_request_id
-from services.router.errors import RequestRejected
 from services.router.model_catalog import ModelCatalog
 from services.router.model_choice import default_model
 from services.router.pipeline import GenerationCall, Pipeline
@@ -18,13 +17,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self._default_model = default_model
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
+        """Yields public events, or the bytes of deltas passed through from generation; a
+        refusal (meshllm.errors.CallRefused) ends the call with its status and details."""
         call = GenerationCall(request, current_request_id(), context.time_remaining)
-        try:
-            async with aclosing(await self._pipeline.start(call)) as events:
-                async for event in events:
-                    yield event
-        except RequestRejected as rejection:
-            await context.abort(rejection.code, rejection.message)
+        async with aclosing(await self._pipeline.start(call)) as events:
+            async for event in events:
+                yield event
 
     async def ListModels(self, request, context: grpc.aio.ServicerContext):
         pools = await self._catalog.pools()

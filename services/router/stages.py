@@ -15,7 +15,8 @@ async def check_request(call: GenerationCall) -> None:
         check_input(request.WhichOneof("input"), request.chat, request.prompt)
         check_sampling(request.sampling)
     except InvalidInput as error:
-        raise RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        raise RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, str(error),
+                              reason="INVALID_INPUT", field=error.field) from None
 
 
 class ChooseModel:
@@ -33,4 +34,5 @@ class ChooseModel:
                 check_fits_context(call.request.sampling.max_tokens,
                                    call.model.pool.max_context_tokens)
         except InvalidInput as error:
-            raise RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+            raise RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, str(error),
+                              reason="INVALID_INPUT", field=error.field) from None

@@ -8,7 +8,6 @@ from services.generation.engine import (
     GenerationClock,
     GenerationError,
     GenerationRequest,
-    check_admission,
     check_context,
     validate_request,
 )
@@ -68,11 +67,3 @@ def test_clock_timings_are_ordered():
     clock.mark_token()
     timings = clock.timings()
     assert 0 <= timings.queued <= timings.time_to_first_token <= timings.total
-
-
-def test_a_full_waiting_queue_refuses_at_once_with_the_numbers():
-    check_admission(EngineLoad(running=8, waiting=63, kv_cache_usage=0.9), max_waiting_requests=64)
-    with pytest.raises(GenerationError) as caught:
-        check_admission(EngineLoad(running=8, waiting=64, kv_cache_usage=0.9), 64)
-    assert caught.value.code is ErrorCode.RESOURCE_EXHAUSTED
-    assert "64 requests waiting" in caught.value.message

@@ -1,0 +1,111 @@
+"""The server interceptor every service runs: each call in its `CallScope`, malformed bytes
+refused, streams written by the wrapper, and a last resort for what a handler did not expect.
+
+Streams use grpc.aio's writer API: the wrapper iterates the handler's generator under
+`aclosing` and awaits `context.write` itself. grpc.aio drives a plain generator handler with
+`async for` and never closes it, so a cancel that lands while a write is blocked (slow reader,
+flow control) would leave the handler's cleanup — aborting the engine — to the garbage
+collector. Here the cancel arrives in the wrapper's own await and `aclosing` runs the
+handler's cleanup at once, on every exit path.
+
+A stream handler may yield `bytes`: a response serialized already (the router forwards
+generation's deltas this way without parsing them), written as they are."""
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+
+import grpc
+
+from meshllm.call_scope import CallScope
+from meshllm.errors import CallRefused, refuse
+from meshllm.lenient_requests import lenient, reject_unparseable
+from meshllm.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        # Wrapped once per method, not per call: the stream path pays per call too.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            wrapped = self._wrapped[details.method] = _wrap(await continuation(details),
+                                                            details.method)
+        return wrapped
+
+
+def _wrap(handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler | None:
+    if handler is None or method.startswith(("/grpc.health.", "/grpc.reflection.")):
+        return handler
+    parse = lenient(handler.request_deserializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(handler.unary_unary, method),
+            request_deserializer=parse,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(handler.unary_stream, method),
+            request_deserializer=parse,
+            response_serializer=_passing_bytes(handler.response_serializer),
+        )
+    return handler
+
+
+def _passing_bytes(serialize):
+    def serializer(message) -> bytes:
+        return message if message.__class__ is bytes else serialize(message)
+
+    return serializer
+
+
+async def _last_resort(error: Exception, context: grpc.aio.ServicerContext, method: str,
+                       request_id: str) -> None:
+    """INTERNAL naming the request id (the logs have the rest), never grpc's
+    `UNKNOWN "Unexpected <class>"` with internal text."""
+    log.exception("unexpected_error", method=method)
+    await refuse(context, CallRefused(
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {method} (request id {request_id}); retry, and report the "
+        "request id if it happens again", reason="INTERNAL_ERROR"))
+
+
+def _wrap_unary(behaviour, method: str):
+    async def unary(request, context):
+        with CallScope(method, context) as scope:
+            await reject_unparseable(request, context, method)
+            try:
+                return await behaviour(request, context)
+            except CallRefused as refusal:
+                await refuse(context, refusal)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await _last_resort(error, context, method, scope.request_id)
+
+    return unary
+
+
+def _wrap_stream(behaviour, method: str):
+    async def stream(request, context) -> None:
+        with CallScope(method, context) as scope:
+            await reject_unparseable(request, context, method)
+            try:
+                async with aclosing(behaviour(request, context)) as messages:
+                    async for message in messages:
+                        await context.write(message)
+            except CallRefused as refusal:
+                await refuse(context, refusal)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await _last_resort(error, context, method, scope.request_id)
+
+    return stream
