@@ -233,7 +233,11 @@ async def test_an_admission_rejection_is_retried_on_a_sibling_before_the_caller_
     mesh.replicas += [full, free]
     full.refuse = grpc.StatusCode.RESOURCE_EXHAUSTED
     cluster = resources.generation_cluster_name("busy")
-    await eventually(lambda: {full.port, free.port} <= mesh.endpoints(cluster))
+    # A new host takes calls once its first health check passed (and Envoy's balancer has
+    # heard, within its 1 s update_merge_window).
+    await eventually(lambda: all(mesh.health_flags(cluster, replica.port) == "healthy"
+                                 for replica in (full, free)), 5)
+    await eventually(lambda: call(channel, GENERATE, "busy"), 3)
     for _ in range(12):  # least-request balancing sends some of these to the full one first
         assert await call(channel, GENERATE, "busy") == "busy-free:hi"
     assert mesh.stat(f"cluster.{cluster}.upstream_rq_retry") >= 1
