@@ -102,6 +102,8 @@ def test_generation_routes_retry_an_admission_rejection_on_every_other_replica()
         route = routes[f"generation/{model}"]
         assert {"resource-exhausted", "unavailable", "connect-failure"} <= _retry_on(route)
         assert route.route.retry_policy.num_retries.value == retries
+        # Enough picks that the balancer finds the one replica not tried yet.
+        assert route.route.retry_policy.host_selection_retry_max_attempts >= 5 * (retries + 1)
         assert [p.name for p in route.route.retry_policy.retry_host_predicate] == [
             "envoy.retry_host_predicates.previous_hosts"]
     assert "resource-exhausted" not in _retry_on(routes["retrieval"])
