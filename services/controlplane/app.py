@@ -2,6 +2,7 @@
 import asyncio
 
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from prometheus_client import Counter
 
 from meshllm.api.controlplane.v1 import registry_pb2_grpc
 from meshllm.logging import get_logger
@@ -16,9 +17,15 @@ from services.controlplane.server import AggregatedDiscoveryServicer, RegistrySe
 from services.controlplane.snapshot import SnapshotCache, build_snapshot
 
 log = get_logger(__name__)
+STALL_SECONDS = Counter(
+    "meshllm_controlplane_stall_seconds",
+    "Time the control plane went unscheduled past its stall threshold; every lease was "
+    "extended by it",
+)
 
 
 def _log_stall(leases_extended_seconds: float) -> None:
+    STALL_SECONDS.inc(leases_extended_seconds)
     log.warning("controlplane_stalled", leases_extended_seconds=round(leases_extended_seconds, 3),
                 note="the loop went unread this long past the stall threshold; every lease "
                      "was extended by it rather than expired")

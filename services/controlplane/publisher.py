@@ -2,6 +2,8 @@
 import asyncio
 from collections.abc import Callable
 
+from prometheus_client import Counter
+
 from meshllm.logging import get_logger
 from services.controlplane.registry import Replica, ReplicaRegistry
 from services.controlplane.snapshot import Snapshot, SnapshotCache
@@ -9,6 +11,12 @@ from services.controlplane.snapshot import Snapshot, SnapshotCache
 log = get_logger(__name__)
 
 SnapshotBuilder = Callable[[list[Replica], list[tuple[str, str]]], Snapshot]
+LEASES_EXPIRED = Counter(
+    "meshllm_controlplane_leases_expired",
+    "Leases that ran out without a heartbeat, by service; kept=true: the replica stayed an "
+    "endpoint as the last of its pool",
+    ["service", "kept"],
+)
 
 
 class SnapshotPublisher:
@@ -57,9 +65,11 @@ class SnapshotPublisher:
     def _expire(self) -> None:
         expiry = self.registry.expire()
         for replica in expiry.dropped:
+            LEASES_EXPIRED.labels(replica.service, "false").inc()
             log.warning("lease_expired", replica_id=replica.replica_id, service=replica.service,
                         kept_as_last_of_pool=False)
         for replica in expiry.kept:
+            LEASES_EXPIRED.labels(replica.service, "true").inc()
             log.warning("lease_expired", replica_id=replica.replica_id, service=replica.service,
                         kept_as_last_of_pool=True,
                         note="stays an endpoint until its pool has a live replica or it "
