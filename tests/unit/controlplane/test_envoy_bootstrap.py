@@ -20,3 +20,11 @@ def test_render_fills_the_addresses_and_keeps_the_rest_of_the_file():
     address = endpoint["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     assert address == {"address": "10.0.0.5", "port_value": 23456}
     assert rendered["dynamic_resources"] == template["dynamic_resources"]
+
+
+def test_the_ads_connection_is_kept_alive_so_a_vanished_control_plane_is_noticed():
+    (controlplane,) = yaml.safe_load(BOOTSTRAP_TEMPLATE.read_text())["static_resources"]["clusters"]
+    options = controlplane["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    keepalive = options["explicit_http_config"]["http2_protocol_options"]["connection_keepalive"]
+    assert keepalive == {"interval": "5s", "timeout": "5s"}
