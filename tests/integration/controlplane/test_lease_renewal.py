@@ -31,7 +31,8 @@ async def controlplane_process(tmp_path):
     """The control plane in a process of its own, so that blocking this test's loop stalls
     only the replica side. Yields its address and its log file."""
     log = tmp_path / "controlplane.log"
-    env = {**os.environ, "MESHLLM_CONTROLPLANE_PORT": "0", "MESHLLM_CONTROLPLANE_METRICS_PORT": "-1",
+    env = {**os.environ, "MESHLLM_CONTROLPLANE_PORT": "0",
+           "MESHLLM_CONTROLPLANE_METRICS_PORT": "-1",
            "MESHLLM_CONTROLPLANE_LEASE_TTL_SECONDS": str(LEASE_TTL)}
     with open(log, "wb") as stderr:
         process = await asyncio.create_subprocess_exec(
