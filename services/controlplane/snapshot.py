@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from services.controlplane import resources
+from services.controlplane import resources, routes
 from services.controlplane.registry import GENERATION_SERVICE, ROUTER_SERVICE, Replica
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -100,7 +100,7 @@ def build_snapshot(replicas: Iterable[Replica], layout: resources.EnvoyLayout,
         clusters=clusters,
         load_assignments=[resources.load_assignment(name, eps) for name, eps in endpoints.items()],
         listeners=resources.listeners(layout),
-        routes=[resources.public_routes(), resources.mesh_routes(pool_sizes, services)],
+        routes=[routes.public_routes(), routes.mesh_routes(pool_sizes, services)],
     )
 
 

@@ -5,7 +5,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from services.controlplane import resources
+from services.controlplane import resources, routes
 from services.controlplane.resources import EnvoyLayout, Endpoint
 
 LAYOUT = EnvoyLayout(listen_host="127.0.0.1", public_port=18080, mesh_port=18081)
@@ -44,14 +44,14 @@ def test_empty_load_assignment_is_accepted_by_envoy(envoy_validate):
 
 def test_public_listener_with_its_routes_is_accepted_by_envoy(envoy_validate):
     listener = resources.listener("public", LAYOUT.public_port, LAYOUT,
-                                  route_config=resources.public_routes())
+                                  route_config=routes.public_routes())
     envoy_validate(clusters=[resources.cluster("router", LAYOUT)], listeners=[listener])
 
 
 def test_mesh_listener_with_its_routes_is_accepted_by_envoy(envoy_validate):
     models = {"tiny": 3, "Qwen/Qwen2.5-0.5B-Instruct": 0}
-    routes = resources.mesh_routes(models, ["retrieval"])
-    listener = resources.listener("mesh", LAYOUT.mesh_port, LAYOUT, route_config=routes)
+    mesh = routes.mesh_routes(models, ["retrieval"])
+    listener = resources.listener("mesh", LAYOUT.mesh_port, LAYOUT, route_config=mesh)
     clusters = [resources.cluster(name, LAYOUT) for name in
                 ["retrieval", *map(resources.generation_cluster_name, models)]]
     envoy_validate(clusters=clusters, listeners=[listener])
@@ -62,7 +62,7 @@ def test_listeners_by_rds_over_ads_are_accepted_by_envoy(envoy_validate):
 
 
 def test_streaming_routes_leave_the_deadline_to_the_caller():
-    for route in resources.mesh_routes({"tiny": 1}, ["retrieval"]).virtual_hosts[0].routes:
+    for route in routes.mesh_routes({"tiny": 1}, ["retrieval"]).virtual_hosts[0].routes:
         if route.HasField("route"):
             assert route.route.timeout.ToNanoseconds() == 0
             assert route.route.max_stream_duration.HasField("grpc_timeout_header_max")
@@ -97,20 +97,20 @@ def _routes(config) -> dict:
 
 
 def test_generation_routes_retry_an_admission_rejection_on_every_other_replica():
-    routes = _routes(resources.mesh_routes({"tiny": 4, "big": 1, "none": 0}, ["retrieval"]))
+    by_name = _routes(routes.mesh_routes({"tiny": 4, "big": 1, "none": 0}, ["retrieval"]))
     for model, retries in [("tiny", 3), ("big", 1), ("none", 1)]:
-        route = routes[f"generation/{model}"]
+        route = by_name[f"generation/{model}"]
         assert {"resource-exhausted", "unavailable", "connect-failure"} <= _retry_on(route)
         assert route.route.retry_policy.num_retries.value == retries
         # Enough picks that the balancer finds the one replica not tried yet.
         assert route.route.retry_policy.host_selection_retry_max_attempts >= 5 * (retries + 1)
         assert [p.name for p in route.route.retry_policy.retry_host_predicate] == [
             "envoy.retry_host_predicates.previous_hosts"]
-    assert "resource-exhausted" not in _retry_on(routes["retrieval"])
+    assert "resource-exhausted" not in _retry_on(by_name["retrieval"])
 
 
 def test_the_public_route_retries_only_failures_of_the_router_itself():
-    for route in _routes(resources.public_routes()).values():
+    for route in _routes(routes.public_routes()).values():
         retry_on = _retry_on(route)
         assert {"connect-failure", "refused-stream", "reset"} == retry_on
         # The router passes these on from generation, which the mesh listener already
