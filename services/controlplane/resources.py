@@ -159,11 +159,15 @@ def cluster(name: str, layout: EnvoyLayout,
         # gone from EDS at once); health checks decide only who gets calls meanwhile. Without
         # this, Envoy would keep a removed host until it failed its checks.
         ignore_health_on_host_removal=True,
-        # The panic threshold stays at its default (50 %) on purpose: when every replica of a
-        # pool fails its checks (all saturated, say), Envoy still balances over them rather
-        # than answer "no healthy upstream".
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(
-            healthy_panic_threshold=percent_pb2.Percent(value=50.0)),
+            # The panic threshold stays at its default (50 %) on purpose: when every replica
+            # of a pool fails its checks (all saturated, say), Envoy still balances over them
+            # rather than answer "no healthy upstream".
+            healthy_panic_threshold=percent_pb2.Percent(value=50.0),
+            # Health changes reach the balancer at once, not merged over 1 s: a new replica
+            # (held back until its first check passes) takes calls as soon as it passes, and
+            # one that reports NOT_SERVING stops getting them at its next check.
+            update_merge_window=duration(0)),
         outlier_detection=outlier_detection(local_origin_only),
     )
 

@@ -141,6 +141,8 @@ def test_clusters_health_check_by_grpc_health_and_leave_removal_to_the_control_p
     assert check.timeout.seconds >= check.interval.seconds  # a busy replica is not a dead one
     assert built.ignore_health_on_host_removal
     assert built.common_lb_config.healthy_panic_threshold.value == 50.0
+    assert built.common_lb_config.update_merge_window.ToNanoseconds() == 0
+    assert built.common_lb_config.HasField("update_merge_window")
 
 
 def test_the_router_cluster_ejects_only_on_the_routers_own_local_origin_failures():
