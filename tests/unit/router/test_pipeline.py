@@ -5,7 +5,7 @@ from meshllm.api.inference.v1 import inference_pb2
 from services.router.errors import RequestRejected
 from services.router.model_choice import ModelChoice, ModelPool
 from services.router.pipeline import GenerationCall, Pipeline
-from services.router.stages import check_request
+from services.router.checks import check_request
 
 
 def call_for(**fields) -> GenerationCall:
