@@ -5,8 +5,10 @@ uses `logging`) meet in one stdlib handler on stderr, whose structlog `Processor
 renders both with the same fields: service, level, timestamp, logger, event, plus request_id,
 trace_id and tenant while a request binds them.
 
-What this cannot reach: gRPC's C core writes its own lines to stderr (absl logging, quiet
-below ERROR unless GRPC_VERBOSITY / GRPC_TRACE ask for more), and anything that `print`s.
+What this cannot reach: native code that writes to stderr itself (gRPC's C core through
+absl, e.g. "E1127 ... add_port.cc:83] Failed to add port", quiet below ERROR unless
+GRPC_VERBOSITY / GRPC_TRACE ask for more; torch's C++ warnings), progress bars and prints,
+and what a spawned child logs before it has applied our config (its import-time warnings).
 """
 import json
 import logging
@@ -71,6 +73,7 @@ def configure_logging(service: str, level: str = "info") -> None:
     """JSON lines on stderr; `request_id`, `trace_id` and `tenant` come from contextvars."""
     numeric = _level_number(level)
     logging.config.dictConfig(stdlib_logging_config(service, level))
+    logging.captureWarnings(True)  # warnings.warn (libraries' deprecations) as records too
     structlog.configure(
         processors=[*_FIELDS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

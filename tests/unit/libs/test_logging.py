@@ -66,6 +66,16 @@ except ZeroDivisionError:
     assert line["event"] == "engine failed" and "ZeroDivisionError" in line["exception"]
 
 
+def test_a_python_warning_is_a_json_line():
+    (line,) = stderr_lines("""
+import warnings
+from meshllm.logging import configure_logging
+configure_logging("generation", "info")
+warnings.warn("reduce_op is deprecated", FutureWarning)
+""")
+    assert line["logger"] == "py.warnings" and "reduce_op is deprecated" in line["event"]
+
+
 def test_a_process_that_applies_the_config_file_writes_the_same_json():
     # What vLLM does in each engine-core or worker process it starts (spawned ones inherit
     # no handlers): dictConfig from the file it was handed, nothing else of ours.
