@@ -19,7 +19,6 @@ from services.generation.server import GenerationServicer
 from services.generation.sim_engine import SimEngine
 
 MODEL = "sim-model"
-OBSERVED_MODEL = "sim-observed"
 
 
 def python(name: str, module: str, env: dict[str, str]) -> ManagedProcess:
@@ -76,7 +75,7 @@ class DeadlineObservingReplica(GenerationServicer):
     (what `context.time_remaining()` says on the replica: None when the router sent none)."""
 
     def __init__(self):
-        super().__init__(SimEngine(OBSERVED_MODEL, time_to_first_token=0.01,
+        super().__init__(SimEngine(MODEL, time_to_first_token=0.01,
                                    inter_token_latency=0.01),
                          replica_id="observed-1", max_waiting_requests=64)
         self.time_remaining_on_arrival: list[float | None] = []
@@ -89,7 +88,8 @@ class DeadlineObservingReplica(GenerationServicer):
 
 @pytest.fixture(scope="module")
 async def observed(router):
-    """A second router whose mesh address is an in-process replica that notes deadlines."""
+    """A second router whose mesh address is an in-process replica that notes deadlines. The
+    replica joins the same model's pool, so the first router's view of the models stays one."""
     replica = DeadlineObservingReplica()
     server = MeshServer(ServiceSettings(metrics_port=-1), service="generation")
     server.add_service(generation_pb2_grpc.add_GenerationServiceServicer_to_server, replica,
@@ -97,7 +97,7 @@ async def observed(router):
     port = await server.start()
     registration = ReplicaRegistration(router.controlplane, registry_pb2.Replica(
         replica_id="observed-1", service="generation", host="127.0.0.1", port=port,
-        model=OBSERVED_MODEL, max_context_tokens=2048))
+        model=MODEL, max_context_tokens=2048))
     supervisor = Supervisor()
     try:
         await registration.start()
@@ -114,8 +114,7 @@ async def observed(router):
 
 
 async def test_the_replica_gets_the_callers_deadline_not_its_own(observed):
-    events = [e async for e in observed.stub.Generate(request(2, model=OBSERVED_MODEL),
-                                                       timeout=5)]
+    events = [e async for e in observed.stub.Generate(request(2), timeout=5)]
     assert events[-1].WhichOneof("event") == "finished"
     (seen,) = observed.time_remaining_on_arrival
     # What is left of the caller's 5 s once the router has forwarded the call: a replica
