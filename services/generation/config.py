@@ -68,4 +68,5 @@ class GenerationSettings(ServiceSettings):
         return path.name if looks_local else self.model
 
     def is_default_tiny_model(self) -> bool:
-        return Path(self.model).resolve() == TINY_MODEL_DIR
+        # Both sides resolved: `.meshllm` may be a symlink (a worktree sharing one model).
+        return Path(self.model).resolve() == TINY_MODEL_DIR.resolve()

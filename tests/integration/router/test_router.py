@@ -9,7 +9,14 @@ import pytest
 
 from deploy.local.mesh import MeshPorts
 from deploy.local.supervisor import ManagedProcess, Supervisor
+from meshllm.api.controlplane.v1 import registry_pb2
+from meshllm.api.generation.v1 import generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
+from meshllm.registration import ReplicaRegistration
+from meshllm.server import MeshServer
+from meshllm.settings import ServiceSettings
+from services.generation.server import GenerationServicer
+from services.generation.sim_engine import SimEngine
 
 MODEL = "sim-model"
 
@@ -41,6 +48,7 @@ async def router():
             "MESHLLM_ROUTER_METRICS_PORT": str(ports.admin)}))
         router.metrics_port = ports.admin
         router.generation = generation
+        router.controlplane = controlplane
         async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
             router.stub = inference_pb2_grpc.InferenceServiceStub(channel)
             yield router
@@ -62,10 +70,57 @@ async def test_the_callers_request_id_names_the_stream(router):
     assert "only model" in events[0].started.route_reason
 
 
-async def test_the_callers_deadline_bounds_the_whole_stream(router):
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        [event async for event in router.stub.Generate(request(100), timeout=0.5)]
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+class DeadlineObservingReplica(GenerationServicer):
+    """The real servicer on the real sim engine, noting the deadline each call arrives with
+    (what `context.time_remaining()` says on the replica: None when the router sent none)."""
+
+    def __init__(self):
+        super().__init__(SimEngine(MODEL, time_to_first_token=0.01,
+                                   inter_token_latency=0.01),
+                         replica_id="observed-1", max_waiting_requests=64)
+        self.time_remaining_on_arrival: list[float | None] = []
+
+    async def Generate(self, request, context):
+        self.time_remaining_on_arrival.append(context.time_remaining())
+        async for event in super().Generate(request, context):
+            yield event
+
+
+@pytest.fixture(scope="module")
+async def observed(router):
+    """A second router whose mesh address is an in-process replica that notes deadlines. The
+    replica joins the same model's pool, so the first router's view of the models stays one."""
+    replica = DeadlineObservingReplica()
+    server = MeshServer(ServiceSettings(metrics_port=-1), service="generation")
+    server.add_service(generation_pb2_grpc.add_GenerationServiceServicer_to_server, replica,
+                       "meshllm.generation.v1.GenerationService")
+    port = await server.start()
+    registration = ReplicaRegistration(router.controlplane, registry_pb2.Replica(
+        replica_id="observed-1", service="generation", host="127.0.0.1", port=port,
+        model=MODEL, max_context_tokens=2048))
+    supervisor = Supervisor()
+    try:
+        await registration.start()
+        second_router = await supervisor.start(python("router-observed", "services.router", {
+            "MESHLLM_ROUTER_MESH_ADDRESS": f"127.0.0.1:{port}",
+            "MESHLLM_ROUTER_CONTROLPLANE_ADDRESS": router.controlplane}))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{second_router.port}") as channel:
+            replica.stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            yield replica
+    finally:
+        await supervisor.stop_all(grace=5)
+        await registration.stop()
+        await server.drain(0)
+
+
+async def test_the_replica_gets_the_callers_deadline_not_its_own(observed):
+    events = [e async for e in observed.stub.Generate(request(2), timeout=5)]
+    assert events[-1].WhichOneof("event") == "finished"
+    (seen,) = observed.time_remaining_on_arrival
+    # What is left of the caller's 5 s once the router has forwarded the call (a replica that
+    # got no deadline sees None). gRPC rounds the timeout it puts on the wire up to a coarser
+    # unit, so a hop may see a few milliseconds more than its caller had left.
+    assert seen is not None and 3.0 < seen < 6.0
 
 
 async def test_labels_and_an_explicit_model_are_accepted(router):
