@@ -2,6 +2,7 @@
 client as its status with google.rpc details, and an unexpected error as INTERNAL naming the
 request id, never the error itself."""
 import asyncio
+import gc
 from contextlib import aclosing, asynccontextmanager
 
 import grpc
@@ -153,3 +154,42 @@ async def test_an_unexpected_error_mid_stream_is_internal_after_the_events_sent_
         again = await asyncio.gather(*(events_of(stub.Generate(prompt(), timeout=10))
                                        for _ in range(2)))
         assert [events[-1] for events in again] == ["finished", "finished"]
+
+
+class CleanupWatchingServicer(generation_pb2_grpc.GenerationServiceServicer):
+    """Streams as fast as the transport takes it and notes when its cleanup runs."""
+
+    def __init__(self):
+        self.cleaned_up = asyncio.Event()
+
+    async def Generate(self, request, context):
+        try:
+            while True:
+                yield generation_pb2.GenerateResponse(
+                    delta={"text": "x" * 512, "token_ids": [1]})
+        finally:
+            self.cleaned_up.set()
+
+
+async def test_a_cancel_while_a_write_is_blocked_runs_the_handlers_cleanup_at_once():
+    # The garbage collector is off: cleanup that waited for it would never come.
+    from tests.integration.mesh.h2_grpc import BlockingReader
+
+    servicer = CleanupWatchingServicer()
+    gc.disable()
+    try:
+        server = MeshServer(ServiceSettings(controlplane_address="", metrics_port=-1),
+                            service="test")
+        server.add_service(generation_pb2_grpc.add_GenerationServiceServicer_to_server,
+                           servicer, SERVICE)
+        port = await server.start()
+        reader = BlockingReader("127.0.0.1", port, window=1024)
+        await reader.start(f"/{SERVICE}/Generate", prompt().SerializeToString())
+        await asyncio.wait_for(reader.wait_for_bytes(1024), 5)
+        await asyncio.sleep(0.5)  # the handler is now blocked in a write
+        assert not servicer.cleaned_up.is_set()
+        await reader.disconnect()
+        await asyncio.wait_for(servicer.cleaned_up.wait(), 1)
+        await server.drain(grace_seconds=0)
+    finally:
+        gc.enable()
