@@ -1,9 +1,16 @@
-"""make up: the whole mesh in the foreground; Ctrl-C or SIGTERM stops every process."""
+"""make up: the whole mesh in the foreground; Ctrl-C or SIGTERM stops every process.
+
+It says the mesh is up only once a real call through the public listener works, and it
+exits non-zero, leaving no process behind, when the mesh cannot serve (a port in use, a
+process that does not start)."""
 import asyncio
 import signal
+import sys
 
 from deploy.local.config import LocalMeshSettings
 from deploy.local.mesh import LocalMesh, MeshOptions, REPO_ROOT
+from deploy.local.ports import PortsUnavailable, check_ports_free
+from deploy.local.readiness import MeshNotServing, wait_until_serving
 
 GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
 
@@ -20,27 +27,51 @@ def ready_banner(options: MeshOptions) -> str:
             "Ctrl-C stops everything.\n")
 
 
-async def main() -> None:
+def refuse(reason: str) -> int:
+    print(f"\nmeshllm is NOT up: {reason}", file=sys.stderr, flush=True)
+    return 1
+
+
+async def bring_up(mesh: LocalMesh, settings: LocalMeshSettings) -> None:
+    await mesh.start(settings.generation_replicas)
+    await wait_until_serving(mesh.options, settings.ready_timeout_seconds)
+
+
+async def main() -> int:
+    """0 after a stop signal; 1 when the mesh could not be brought up."""
     settings = LocalMeshSettings()
     options = settings.options()
+    try:
+        check_ports_free(options.host, options.ports)
+    except PortsUnavailable as error:
+        return refuse(str(error))
     mesh = LocalMesh(options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    starting = asyncio.create_task(mesh.start(settings.generation_replicas))
+    starting = asyncio.create_task(bring_up(mesh, settings))
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait([starting, asyncio.create_task(stop.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
+        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            return 0  # stopped by the user before it was up
+        try:
             starting.result()
-            print(ready_banner(options), flush=True)
-            await stop.wait()
+        except (MeshNotServing, RuntimeError) as error:
+            # RuntimeError: a process that did not become ready (ManagedProcess.start).
+            return refuse(str(error))
+        print(ready_banner(options), flush=True)
+        await stop.wait()
+        return 0
     finally:
         starting.cancel()
+        stopping.cancel()
+        # Let a cancelled start finish unwinding first, so stop_all sees every process.
+        await asyncio.wait([starting, stopping])
         print("meshllm: stopping every process", flush=True)
         await mesh.stop()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

@@ -5,15 +5,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from deploy.local.mesh import MeshOptions, MeshPorts
 from services.generation.config import TINY_MODEL_DIR
 
+ENV_PREFIX = "MESHLLM_LOCAL_"
+
 
 class LocalMeshSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MESHLLM_LOCAL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     public_port: int = 8080
     mesh_port: int = 8081
     admin_port: int = 9901
     controlplane_port: int = 18000
     generation_replicas: int = 1
+    ready_timeout_seconds: float = 120.0
+    """How long the started mesh gets to answer a real call through the public listener."""
     engine: str = Field(default="vllm", validation_alias=AliasChoices("MESHLLM_ENGINE"))
     model: str = Field(default=str(TINY_MODEL_DIR), validation_alias=AliasChoices("MESHLLM_MODEL"))
 
@@ -22,3 +26,9 @@ class LocalMeshSettings(BaseSettings):
             ports=MeshPorts(controlplane=self.controlplane_port, public=self.public_port,
                             mesh=self.mesh_port, admin=self.admin_port),
             engine=self.engine, model=self.model)
+
+
+def port_setting(port_name: str) -> str:
+    """The variable that moves one of `MeshPorts`' ports, e.g. "public" →
+    MESHLLM_LOCAL_PUBLIC_PORT."""
+    return f"{ENV_PREFIX}{port_name.upper()}_PORT"

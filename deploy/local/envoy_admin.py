@@ -1,5 +1,6 @@
-"""Minimal async reads of Envoy's admin interface (readiness, /clusters)."""
+"""Minimal async reads of Envoy's admin interface (readiness, listeners, /clusters)."""
 import asyncio
+import json
 
 
 async def admin_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
@@ -18,7 +19,32 @@ async def admin_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int,
         writer.close()
     head, _, body = raw.decode(errors="replace").partition("\r\n\r\n")
     status = int(head.split(" ", 2)[1]) if head.startswith("HTTP/") else 0
+    if "transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
     return status, body
+
+
+def _dechunk(body: str) -> str:
+    """The payload of an HTTP/1.1 chunked body (Envoy's admin chunks anything but tiny
+    answers, and answers HTTP/1.0 with 426)."""
+    payload, rest = [], body
+    while rest:
+        size_line, _, rest = rest.partition("\r\n")
+        size = int(size_line.split(";")[0] or "0", 16)
+        if size == 0:
+            break
+        payload.append(rest[:size])
+        rest = rest[size + 2:]  # the chunk, then its CRLF
+    return "".join(payload)
+
+
+async def admin_json(port: int, path: str) -> dict:
+    """A JSON admin answer; {} when nothing (or nothing parseable) answers yet."""
+    status, body = await admin_get(port, path)
+    try:
+        return json.loads(body) if status == 200 else {}
+    except ValueError:
+        return {}
 
 
 async def envoy_is_ready(port: int) -> bool:
@@ -36,3 +62,18 @@ async def cluster_endpoints(port: int, cluster: str) -> set[str]:
         if name == cluster and len(fields) >= 2 and fields[1] == "cx_active":
             endpoints.add(fields[0])
     return endpoints
+
+
+async def bound_listeners(port: int) -> dict[str, int]:
+    """Listener name → the port it is bound to, for every listener Envoy has opened."""
+    statuses = (await admin_json(port, "/listeners?format=json")).get("listener_statuses", [])
+    return {status["name"]: status["local_address"]["socket_address"]["port_value"]
+            for status in statuses if "socket_address" in status.get("local_address", {})}
+
+
+async def rejected_listeners(port: int) -> dict[str, str]:
+    """Listener name → why Envoy rejected its last LDS update (e.g. "cannot bind
+    '127.0.0.1:8080': Address already in use"): the NACK as Envoy itself keeps it."""
+    dump = await admin_json(port, "/config_dump?resource=dynamic_listeners")
+    return {config.get("name", ""): config["error_state"].get("details", "rejected")
+            for config in dump.get("configs", []) if "error_state" in config}

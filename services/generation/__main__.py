@@ -18,7 +18,7 @@ import sys
 
 from meshllm.api.controlplane.v1 import registry_pb2
 from meshllm.api.generation.v1 import generation_pb2_grpc
-from meshllm.logging import get_logger
+from meshllm.logging import get_logger, logging_config_file
 from meshllm.observability import configure_observability
 from meshllm.registration import ReplicaRegistration
 from meshllm.server import MeshServer
@@ -117,12 +117,18 @@ async def serve(settings: GenerationSettings) -> None:
 
 
 def main() -> None:
-    # stdout carries only our READY line; vLLM (imported later, inherited by its children)
-    # logs to stdout unless told otherwise.
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     settings = GenerationSettings()
     configure_observability("generation", settings)
-    asyncio.run(serve(settings))
+    # vLLM applies a logging dictConfig of its own in this process and in every process it
+    # starts (engine core, workers), in its own text format on stdout, where only our READY
+    # line belongs. Handing it ours, as the file it reads (the one form that reaches spawned
+    # children, which inherit no handlers), keeps every line JSON on stderr. An operator's
+    # own VLLM_LOGGING_CONFIG_PATH wins; with VLLM_CONFIGURE_LOGGING=0 vLLM refuses a file
+    # and its records reach our root handler anyway (forked children inherit it).
+    with logging_config_file("generation", settings.log_level) as config:
+        if os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0":
+            os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", str(config))
+        asyncio.run(serve(settings))
     sys.stdout.flush()
 
 

@@ -46,7 +46,7 @@ class GenerationSettings(ServiceSettings):
     """Requests past this many waiting in the engine's queue get RESOURCE_EXHAUSTED."""
     max_running_requests: int = 0
     """Requests the engine runs at once (vLLM's max_num_seqs); 0 keeps the engine's default."""
-    stream_messages_per_second: float = 500.0
+    stream_messages_per_second: float = 300.0
     """Delta messages per second this replica's streams share (docs/streaming.md): a stream
     waits open_streams / this between deltas, and sends what gathered meanwhile in one."""
     stream_max_chunk_delay_seconds: float = 0.05
@@ -68,4 +68,5 @@ class GenerationSettings(ServiceSettings):
         return path.name if looks_local else self.model
 
     def is_default_tiny_model(self) -> bool:
-        return Path(self.model).resolve() == TINY_MODEL_DIR
+        # Both sides resolved: `.meshllm` may be a symlink (a worktree sharing one model).
+        return Path(self.model).resolve() == TINY_MODEL_DIR.resolve()

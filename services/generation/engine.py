@@ -133,28 +133,21 @@ class Engine(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Step]: ...
 
-    async def abort(self, request_id: str) -> None: ...
-
     def load(self) -> EngineLoad: ...
 
     async def shutdown(self) -> None: ...
 
 
-def validate_request(request: GenerationRequest, model_name: str, max_context_tokens: int) -> None:
-    """What only this replica can judge: its model and its context. The input's own rules
-    (messages, roles, sampling ranges) are `meshllm.generate_input`'s, checked by the servicer
-    with the same wording the router uses."""
+def validate_request(request: GenerationRequest, model_name: str) -> None:
+    """What only this replica can judge before templating: its model. The input's own rules
+    (messages, roles, sampling ranges, max_tokens against the context) are
+    `meshllm.generate_input`'s, checked by the servicer with the same wording the router uses;
+    prompt plus completion against the context is `check_context`'s, once the prompt is counted."""
     if request.model and request.model != model_name:
         raise GenerationError(
             ErrorCode.NOT_FOUND,
             f"model {request.model!r} is not served by this replica; it serves {model_name!r} "
             "(leave model empty to accept it)", reason="MODEL_NOT_SERVED", field="model",
-        )
-    if request.max_tokens >= max_context_tokens:
-        raise GenerationError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"max_tokens {request.max_tokens} leaves no room for the prompt in this model's "
-            f"context of {max_context_tokens} tokens; ask for at most {max_context_tokens - 1}",
         )
 
 

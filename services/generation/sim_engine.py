@@ -90,7 +90,7 @@ class SimEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
         clock = GenerationClock()
-        validate_request(request, self._model_name, self._max_context_tokens)
+        validate_request(request, self._model_name)
         prompt_tokens = count_prompt_tokens(request)
         check_context(prompt_tokens, request.max_tokens, self._max_context_tokens)
         yield Started(prompt_tokens=prompt_tokens)

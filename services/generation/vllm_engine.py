@@ -173,7 +173,7 @@ class VllmEngine:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         clock = GenerationClock()
-        validate_request(request, self.model_name, self.max_context_tokens)
+        validate_request(request, self.model_name)
         # Templating and tokenizing a long prompt takes milliseconds: off the event loop, so
         # the streams of other requests keep flowing meanwhile.
         prompt_ids = await asyncio.to_thread(self._prompt_token_ids, request)

@@ -12,7 +12,7 @@ from services.router.generation_client import GenerationClient
 from services.router.model_catalog import ModelCatalog
 from services.router.pipeline import Pipeline
 from services.router.server import InferenceServicer
-from services.router.stages import ChooseModel, check_request
+from services.router.checks import ChooseModel, check_request
 
 
 async def main(settings: RouterSettings) -> None:

@@ -11,6 +11,7 @@ import pytest
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2
 from tests.e2e.streams import chat_request, generate, kinds, public_stub
+from tests.status_details import error_details, violated_fields
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -95,6 +96,23 @@ async def test_bad_input_gets_a_clear_status_and_the_mesh_keeps_serving(mesh, ca
             await generate(stub, request_)
         assert caught.value.code() == code, caught.value.details()
         assert words in caught.value.details()
+        assert kinds(await generate(stub, chat_request(max_tokens=2)))[-1] == "finished"
+
+
+async def test_a_conversation_the_models_chat_template_refuses_reaches_the_client_as_invalid_argument(mesh):
+    user = {"role": inference_pb2.ROLE_USER, "content": "hi"}
+    two_user_turns = inference_pb2.GenerateRequest(chat={"messages": [user, user]},
+                                                   sampling={"max_tokens": 4})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
+        stub = public_stub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await generate(stub, two_user_turns)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert "chat template refused" in caught.value.details()
+        assert "roles must alternate" in caught.value.details()
+        details = error_details(caught.value)
+        assert details["ErrorInfo"].reason == "CHAT_TEMPLATE_REJECTED"
+        assert violated_fields(details) == ["chat.messages"]
         assert kinds(await generate(stub, chat_request(max_tokens=2)))[-1] == "finished"
 
 

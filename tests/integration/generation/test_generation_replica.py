@@ -6,8 +6,11 @@ import pytest
 
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2
+from tests.status_details import error_details, violated_fields
 
 USER = inference_pb2.ROLE_USER
+ROLES = {"system": inference_pb2.ROLE_SYSTEM, "user": USER,
+         "assistant": inference_pb2.ROLE_ASSISTANT}
 
 
 def chat_request(max_tokens: int, **fields) -> generation_pb2.GenerateRequest:
@@ -103,6 +106,37 @@ async def test_bad_input_gets_a_clear_status_and_the_replica_keeps_serving(stub,
     assert words in caught.value.details()
 
     events = await events_of(stub, chat_request(max_tokens=2))
+    assert events[-1].finished.usage.completion_tokens == 2
+
+
+def conversation(*roles: str, max_tokens: int = 2) -> generation_pb2.GenerateRequest:
+    return generation_pb2.GenerateRequest(
+        chat={"messages": [{"role": ROLES[role], "content": f"a {role} turn"} for role in roles]},
+        sampling={"max_tokens": max_tokens})
+
+
+# The tiny model's chat template refuses these, as Llama 2's and Mistral's do.
+REFUSED_CONVERSATIONS = [
+    (("user", "user"), "roles must alternate"),
+    (("system", "user", "user", "assistant"), "roles must alternate"),
+    (("user", "system"), "system message is only allowed first"),
+]
+
+
+@pytest.mark.parametrize("roles, words", REFUSED_CONVERSATIONS,
+                         ids=["-".join(roles) for roles, _ in REFUSED_CONVERSATIONS])
+async def test_a_conversation_the_chat_template_refuses_is_invalid_argument_and_the_replica_keeps_serving(
+        stub, roles, words):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await events_of(stub, conversation(*roles))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("the model's chat template refused the conversation")
+    assert words in caught.value.details()
+    details = error_details(caught.value)
+    assert details["ErrorInfo"].reason == "CHAT_TEMPLATE_REJECTED"
+    assert violated_fields(details) == ["chat.messages"]
+
+    events = await events_of(stub, conversation("system", "user", "assistant", "user"))
     assert events[-1].finished.usage.completion_tokens == 2
 
 

@@ -1,9 +1,10 @@
 """Request validation: every rejection names what to change, with the numbers."""
+import time
+
 import pytest
 
 from services.generation.engine import (
     ChatTurn,
-    EngineLoad,
     ErrorCode,
     GenerationClock,
     GenerationError,
@@ -22,19 +23,13 @@ def chat(*turns: tuple[str, str], **fields) -> GenerationRequest:
 
 def rejection(request: GenerationRequest) -> GenerationError:
     with pytest.raises(GenerationError) as caught:
-        validate_request(request, MODEL, CONTEXT)
+        validate_request(request, MODEL)
     return caught.value
 
 
-def test_a_valid_chat_and_a_valid_prompt_pass():
-    validate_request(chat(("user", "hi"), max_tokens=8), MODEL, CONTEXT)
-    validate_request(GenerationRequest("r", prompt="hi", max_tokens=8, model=MODEL), MODEL, CONTEXT)
-
-
-def test_max_tokens_filling_the_whole_context_is_invalid():
-    error = rejection(chat(("user", "hi"), max_tokens=CONTEXT))
-    assert error.code is ErrorCode.INVALID_ARGUMENT
-    assert str(CONTEXT) in error.message and str(CONTEXT - 1) in error.message
+@pytest.mark.parametrize("model", ["", MODEL])
+def test_no_model_or_the_served_one_is_accepted(model):
+    assert validate_request(chat(("user", "hi"), max_tokens=8, model=model), MODEL) is None
 
 
 def test_another_model_is_not_found_and_names_the_served_one():
@@ -43,8 +38,17 @@ def test_another_model_is_not_found_and_names_the_served_one():
     assert "llama-70b" in error.message and MODEL in error.message
 
 
-def test_prompt_and_completion_that_fit_the_context_pass():
-    check_context(prompt_tokens=2000, max_tokens=48, max_context_tokens=CONTEXT)
+def test_prompt_and_completion_that_exactly_fill_the_context_pass_and_one_more_token_does_not():
+    assert check_context(prompt_tokens=2000, max_tokens=48, max_context_tokens=CONTEXT) is None
+    with pytest.raises(GenerationError):
+        check_context(prompt_tokens=2000, max_tokens=49, max_context_tokens=CONTEXT)
+
+
+def test_max_tokens_filling_the_whole_context_says_how_many_fit_beside_the_prompt():
+    with pytest.raises(GenerationError) as caught:
+        check_context(prompt_tokens=1, max_tokens=CONTEXT, max_context_tokens=CONTEXT)
+    assert caught.value.code is ErrorCode.INVALID_ARGUMENT
+    assert f"at most {CONTEXT - 1}" in caught.value.message
 
 
 def test_prompt_plus_max_tokens_beyond_the_context_says_the_numbers():
@@ -62,8 +66,29 @@ def test_a_prompt_longer_than_the_context_says_to_shorten_it():
     assert "5000" in caught.value.message and "shorten the prompt" in caught.value.message
 
 
-def test_clock_timings_are_ordered():
-    clock = GenerationClock()
+def test_clock_counts_queueing_until_scheduled_and_first_token_from_arrival():
+    arrived = time.monotonic() - 1.0
+    clock = GenerationClock(arrival=arrived)
+    clock.mark_scheduled(at=arrived + 0.25)
     clock.mark_token()
     timings = clock.timings()
-    assert 0 <= timings.queued <= timings.time_to_first_token <= timings.total
+    assert timings.queued == pytest.approx(0.25)
+    assert 1.0 <= timings.time_to_first_token <= timings.total < 2.0
+
+
+def test_clock_never_reports_negative_queueing_or_a_later_first_token():
+    arrived = time.monotonic() - 1.0
+    clock = GenerationClock(arrival=arrived)
+    clock.mark_scheduled(at=arrived - 5)  # a scheduler timestamp from before this replica saw it
+    clock.mark_token()
+    first = clock.timings().time_to_first_token
+    clock.mark_token()  # later tokens do not move the first one
+    assert clock.timings().queued == 0
+    assert clock.timings().time_to_first_token == first
+
+
+def test_clock_without_a_scheduler_mark_counts_queueing_until_the_first_token():
+    clock = GenerationClock(arrival=time.monotonic() - 1.0)
+    clock.mark_token()
+    timings = clock.timings()
+    assert timings.queued == timings.time_to_first_token >= 1.0

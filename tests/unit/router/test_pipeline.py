@@ -3,9 +3,8 @@ import pytest
 
 from meshllm.api.inference.v1 import inference_pb2
 from services.router.errors import RequestRejected
-from services.router.model_choice import ModelChoice, ModelPool
 from services.router.pipeline import GenerationCall, Pipeline
-from services.router.stages import check_request
+from services.router.checks import check_request
 
 
 def call_for(**fields) -> GenerationCall:
@@ -57,6 +56,21 @@ async def test_bad_input_is_refused_before_anything_is_generated(fields, words):
     assert words in caught.value.message
 
 
-def test_model_choice_carries_its_reason():
-    choice = ModelChoice(ModelPool("tiny", 1, 2048), "only model")
-    assert choice.reason == "only model"
+async def test_a_refusing_check_stops_the_call_before_later_checks_and_generation():
+    ran = []
+
+    async def refuse(call):
+        raise RequestRejected(grpc.StatusCode.PERMISSION_DENIED, "not this one")
+
+    async def later_check(call):
+        ran.append("later check")
+
+    def generation(call):
+        ran.append("generation")
+        return two_deltas(call)
+
+    pipeline = Pipeline(checks=[refuse, later_check], last=generation)
+    with pytest.raises(RequestRejected) as caught:
+        await pipeline.start(call_for(prompt="hi", sampling={"max_tokens": 2}))
+    assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert ran == []
