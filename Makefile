@@ -69,8 +69,9 @@ test-integration: protos model ## real servers on free ports (one vLLM replica)
 test-e2e: protos model node_modules/.installed ## the whole mesh: Envoy, router, vLLM replicas
 	$(PY) -m pytest -q tests/e2e
 
-bench: protos ## sim engine: direct replica vs Envoy + router, 1/16/64 streams
+bench: protos model ## sim: direct vs the mesh at 1/16/64 streams; vLLM: its own server vs the mesh, cancels
 	$(PY) -m bench.overhead
+	$(PY) -m bench.real_engine
 
 clean: ## remove everything make built
 	rm -rf $(VENV) node_modules .meshllm $(API)/.generated

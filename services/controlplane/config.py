@@ -20,8 +20,9 @@ class ControlPlaneSettings(ServiceSettings):
     replica leaves Envoy's balancing well before, by its failed health checks."""
     eds_grace_seconds: float | None = None
     """After a start, Envoys that already hold a config get no push for this long, so
-    replicas can re-register first (DESIGN §8). None means half a lease TTL: two heartbeat
-    intervals plus the replicas' reconnect back-off (at most 1 s)."""
+    replicas can re-register before Envoy hears of an empty pool (docs/architecture.md).
+    None means half a lease TTL: two heartbeat intervals plus the replicas' reconnect
+    back-off (at most 1 s)."""
     stall_forgiven_after_seconds: float = 1.0
     """A stall of the control plane's own loop longer than this extends every lease by the
     excess instead of expiring them all at once when it wakes (StallForgivingClock)."""

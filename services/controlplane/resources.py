@@ -27,7 +27,8 @@ from meshllm.protos import duration
 PUBLIC_LISTENER = "public"
 MESH_LISTENER = "mesh"
 ROUTER_CLUSTER = "router"
-# Set on purpose (DESIGN §8): Envoy's default of 1,024 would cap concurrent streams.
+# Set on purpose: Envoy's default of 1,024 per cluster would cap concurrent streams (each
+# stream holds one request for its whole length).
 CIRCUIT_BREAKER_LIMIT = 10_000
 
 

@@ -108,7 +108,8 @@ class SnapshotCache:
     """Holds the latest snapshot and wakes every watching ADS stream when it changes.
 
     `hold_until` is a loop time before which Envoys that already hold a config get no push
-    (the re-registration grace after a control plane start, DESIGN §8).
+    (the re-registration grace after a control plane start: a restarted control plane starts
+    empty, and pushing at once would take every endpoint away from Envoy).
     """
 
     def __init__(self, hold_until: float = 0.0, clock: Callable[[], float] | None = None):
