@@ -26,6 +26,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import psutil
 
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from deploy.local.supervisor import ManagedProcess
@@ -45,6 +46,8 @@ class Round:
     tokens: int = 0
     seconds: float = 0.0
     errors: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each serving process (not the engine's own) spent during the round."""
 
 
 def prompt_of(tokens: int) -> str:
@@ -119,6 +122,11 @@ def mesh_request(stub, prompt: str, max_tokens: int):
     return one
 
 
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -180,9 +188,18 @@ async def main(args) -> None:
             }
             for one in paths.values():  # warm up connections and the engines
                 await closed_loop(one, 4, 8)
+            processes = {"vLLM OpenAI server": {"API server": server.process.pid},
+                         "mesh": {"router": mesh.router.process.pid, "Envoy": mesh.envoy.process.pid,
+                                  "generation API": replica.process.pid}}
             for _ in range(args.rounds):
                 for name, one in paths.items():
+                    before = {role: cpu_seconds(pid) for role, pid in processes[name].items()}
                     rows[name].append(await closed_loop(one, args.concurrency, args.requests))
+                    for role, pid in processes[name].items():
+                        rows[name][-1].cpu[role] = cpu_seconds(pid) - before[role]
+            # vLLM's server is not part of the cancel figures; an idle engine beside the
+            # mesh's would only take CPU from it.
+            await server.stop(grace=10)
             stub = inference_pb2_grpc.InferenceServiceStub(public)
             load = generation_pb2_grpc.GenerationServiceStub(direct)
             for _ in range(args.cancel_repeats):
@@ -214,15 +231,19 @@ def print_tables(rows: dict[str, list[Round]], cancels: dict[int, list[float]], 
           f"{os.cpu_count()} cores; {args.concurrency} concurrent streams, ~{args.prompt_tokens}"
           f"-token prompts, {args.max_tokens} out, {args.requests} requests x {args.rounds} "
           "interleaved rounds")
-    header = ("path", "output tok/s (median of rounds)", "TTFT p50 / p99 ms", "errors")
+    header = ("path", "output tok/s (median of rounds)", "TTFT p50 / p99 ms", "errors",
+              "CPU µs per token: serving processes")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     medians = {}
     for name, rounds in rows.items():
         medians[name] = statistics.median(r.tokens / r.seconds for r in rounds)
         ttfts = [t for r in rounds for t in r.ttfts]
+        tokens = sum(r.tokens for r in rounds)
+        cpu = ", ".join(f"{role} {1e6 * sum(r.cpu[role] for r in rounds) / tokens:.0f}"
+                        for role in rounds[0].cpu)
         print(f"| {name} | {medians[name]:.0f} | {ms(ttfts, .5):.0f} / {ms(ttfts, .99):.0f} "
-              f"| {sum(r.errors for r in rounds)} |")
+              f"| {sum(r.errors for r in rounds)} | {cpu} |")
     ratio = medians["mesh"] / medians["vLLM OpenAI server"]
     ttft_delta = (ms([t for r in rows["mesh"] for t in r.ttfts], .5)
                   - ms([t for r in rows["vLLM OpenAI server"] for t in r.ttfts], .5))

@@ -7,9 +7,13 @@ budget of delta messages per second shared by its open streams: a stream waits a
 the next, and everything the engine produced meanwhile goes out together in that next delta
 (vLLM merges a request's outputs while its consumer is away). The first delta of a stream
 never waits; with few streams the gap is far below the time between tokens, so chunking adds
-no delay when the load is light. docs/streaming.md has the figures."""
+no delay when the load is light; and the end of a stream is not held back either (its last
+tokens and its finish go out as soon as they exist, or every caller would wait one gap
+longer for its answer, and a closed-loop client's next request with it).
+docs/streaming.md has the figures."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 
@@ -28,3 +32,30 @@ class ChunkPacer:
     def gap(self) -> float:
         """Seconds between two deltas of one stream now."""
         return min(self._open_streams() * self._seconds_per_message, self._max_delay)
+
+    def stream(self, max_tokens: int) -> "StreamPacing":
+        return StreamPacing(self, max_tokens)
+
+
+class StreamPacing:
+    """One stream's pacing: how long to wait after each delta."""
+
+    def __init__(self, pacer: ChunkPacer, max_tokens: int) -> None:
+        self._pacer = pacer
+        self._max_tokens = max_tokens
+        self._tokens = 0
+        self._first_sent_at: float | None = None
+
+    def wait_after(self, tokens: int, sent_at: float) -> float:
+        """Seconds to wait before taking the engine's next output, after a delta of `tokens`
+        tokens went out at `sent_at` (time.monotonic)."""
+        now = time.monotonic()
+        if self._first_sent_at is None:
+            self._first_sent_at = sent_at
+        self._tokens += tokens
+        wait = sent_at + self._pacer.gap() - now
+        if self._tokens > 1:
+            # Never wait past the moment the stream is expected to reach max_tokens.
+            per_token = (now - self._first_sent_at) / (self._tokens - 1)
+            wait = min(wait, (self._max_tokens - self._tokens) * per_token)
+        return wait

@@ -126,6 +126,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         except GenerationError as error:
             log.info("generate_refused", reason=error.reason, detail=error.message)
             raise refusal(error) from None
+        pacing = self._pacer.stream(job.max_tokens)
         with admission:
             try:
                 async with aclosing(self._engine.generate(job)) as steps:
@@ -134,12 +135,15 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                         yield to_response(step, self._replica_id, self._engine.model_name)
                         if isinstance(step, Delta):
                             # Let the engine's next tokens gather into one delta (chunk_pacing).
-                            wait = sent_at + self._pacer.gap() - time.monotonic()
+                            wait = pacing.wait_after(len(step.token_ids), sent_at)
                             if wait > MIN_PACING_SLEEP:
                                 await asyncio.sleep(wait)
             except GenerationError as error:
                 log.info("generate_refused", reason=error.reason, detail=error.message)
                 raise refusal(error) from None
+            except (asyncio.CancelledError, GeneratorExit):
+                log.info("generate_cancelled", request_id=job.request_id)
+                raise
 
     async def GetLoad(self, request, context):
         load = self._engine.load()
