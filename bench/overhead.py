@@ -8,7 +8,6 @@ between the two paths is the mesh's: Envoy's two hops, the router, the registry 
 import argparse
 import asyncio
 import platform
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -118,7 +117,8 @@ async def main(args) -> None:
                 # Alternate the two paths so both see the same machine noise.
                 direct_runs, mesh_runs = [], []
                 for _ in range(args.repeats):
-                    direct_runs.append(await run_path(direct_stub, direct_request, concurrency, rounds))
+                    direct_runs.append(
+                        await run_path(direct_stub, direct_request, concurrency, rounds))
                     mesh_runs.append(await run_path(mesh_stub, mesh_request, concurrency, rounds,
                                                     router))
                 rows.append((concurrency, merge(direct_runs), merge(mesh_runs)))

@@ -189,7 +189,8 @@ async def main(args) -> None:
             for one in paths.values():  # warm up connections and the engines
                 await closed_loop(one, 4, 8)
             processes = {"vLLM OpenAI server": {"API server": server.process.pid},
-                         "mesh": {"router": mesh.router.process.pid, "Envoy": mesh.envoy.process.pid,
+                         "mesh": {"router": mesh.router.process.pid,
+                                  "Envoy": mesh.envoy.process.pid,
                                   "generation API": replica.process.pid}}
             for _ in range(args.rounds):
                 for name, one in paths.items():

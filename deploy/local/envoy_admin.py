@@ -52,16 +52,21 @@ async def envoy_is_ready(port: int) -> bool:
     return status == 200
 
 
-async def cluster_endpoints(port: int, cluster: str) -> set[str]:
-    """host:port of every endpoint Envoy knows for `cluster`, from admin /clusters."""
+async def cluster_endpoints(port: int, cluster: str, healthy_only: bool = False) -> set[str]:
+    """host:port of every endpoint Envoy knows for `cluster` (with `healthy_only`, those that
+    passed their health check and take calls), from admin /clusters."""
     _, body = await admin_get(port, "/clusters")
-    endpoints = set()
+    endpoints, unhealthy = set(), set()
     for line in body.splitlines():
         name, _, rest = line.partition("::")
         fields = rest.split("::")
-        if name == cluster and len(fields) >= 2 and fields[1] == "cx_active":
+        if name != cluster or len(fields) < 3:
+            continue
+        if fields[1] == "cx_active":
             endpoints.add(fields[0])
-    return endpoints
+        elif fields[1] == "health_flags" and fields[2] != "healthy":
+            unhealthy.add(fields[0])
+    return endpoints - unhealthy if healthy_only else endpoints
 
 
 async def bound_listeners(port: int) -> dict[str, int]:

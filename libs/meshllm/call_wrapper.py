@@ -11,7 +11,7 @@ handler's cleanup at once, on every exit path.
 A stream handler may yield `bytes`: a response serialized already (the router forwards
 generation's deltas this way without parsing them), written as they are."""
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 
 import grpc
 
@@ -77,18 +77,26 @@ async def _last_resort(error: Exception, context: grpc.aio.ServicerContext, meth
         "request id if it happens again", reason="INTERNAL_ERROR"))
 
 
+@asynccontextmanager
+async def _answering_failures(context: grpc.aio.ServicerContext, method: str, request_id: str):
+    """A refusal ends the call with its status and details; anything unexpected, with the
+    last resort. Both raise grpc's AbortError, so a failed call never carries on."""
+    try:
+        yield
+    except CallRefused as refusal:
+        await refuse(context, refusal)
+    except grpc.aio.AbortError:
+        raise
+    except Exception as error:
+        await _last_resort(error, context, method, request_id)
+
+
 def _wrap_unary(behaviour, method: str):
     async def unary(request, context):
         with CallScope(method, context) as scope:
             await reject_unparseable(request, context, method)
-            try:
+            async with _answering_failures(context, method, scope.request_id):
                 return await behaviour(request, context)
-            except CallRefused as refusal:
-                await refuse(context, refusal)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as error:
-                await _last_resort(error, context, method, scope.request_id)
 
     return unary
 
@@ -97,15 +105,9 @@ def _wrap_stream(behaviour, method: str):
     async def stream(request, context) -> None:
         with CallScope(method, context) as scope:
             await reject_unparseable(request, context, method)
-            try:
+            async with _answering_failures(context, method, scope.request_id):
                 async with aclosing(behaviour(request, context)) as messages:
                     async for message in messages:
                         await context.write(message)
-            except CallRefused as refusal:
-                await refuse(context, refusal)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as error:
-                await _last_resort(error, context, method, scope.request_id)
 
     return stream

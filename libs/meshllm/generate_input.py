@@ -24,7 +24,8 @@ def check_input(kind: str | None, chat: inference_pb2.Conversation, prompt: str)
                            "or 'prompt'", "input")
     if kind == "prompt":
         if not prompt:
-            raise InvalidInput("'prompt' is empty: send some text, or use 'chat.messages'", "prompt")
+            raise InvalidInput("'prompt' is empty: send some text, or use 'chat.messages'",
+                               "prompt")
         return
     if not chat.messages:
         raise InvalidInput("'chat.messages' is empty: send at least one message", "chat.messages")
@@ -43,10 +44,12 @@ def check_sampling(sampling: inference_pb2.SamplingParams) -> None:
         raise InvalidInput(f"sampling.max_tokens must be at least 1, got {sampling.max_tokens}",
                            "sampling.max_tokens")
     if sampling.HasField("temperature") and not 0 <= sampling.temperature <= 100:
-        raise InvalidInput(f"sampling.temperature must be between 0 and 100, got {sampling.temperature}",
+        raise InvalidInput(f"sampling.temperature must be between 0 and 100, got "
+                           f"{sampling.temperature}",
                            "sampling.temperature")
     if sampling.HasField("top_p") and not 0 < sampling.top_p <= 1:
-        raise InvalidInput(f"sampling.top_p must be in (0, 1], got {sampling.top_p}", "sampling.top_p")
+        raise InvalidInput(f"sampling.top_p must be in (0, 1], got {sampling.top_p}",
+                           "sampling.top_p")
     if len(sampling.stop) > MAX_STOP_SEQUENCES:
         raise InvalidInput(f"at most {MAX_STOP_SEQUENCES} stop strings, got {len(sampling.stop)}",
                            "sampling.stop")

@@ -44,9 +44,9 @@ class AdmissionGate:
         if self.admitted >= self.capacity or engine_full:
             raise GenerationError(
                 ErrorCode.RESOURCE_EXHAUSTED,
-                f"this replica is full: {self.max_running} requests running and "
-                f"{max(self.waiting, reported_waiting)} waiting (limit {self.max_waiting}); retry shortly or on "
-                "another replica",
+                f"this replica is full: {self.max_running} running and "
+                f"{max(self.waiting, reported_waiting)} waiting (limit {self.max_waiting}); "
+                "retry shortly or on another replica",
                 reason="REPLICA_QUEUE_FULL", retry_after=RETRY_AFTER_SECONDS)
         self.admitted += 1
         return Admission(self)

@@ -47,7 +47,7 @@ async def block_then_disconnect(mesh, port: int) -> float:
     the replica kept running after that."""
     reader = BlockingReader("127.0.0.1", port, window=1024)
     await reader.start(GENERATE, LONG.SerializeToString())
-    await asyncio.wait_for(reader.wait_for_bytes(1024), 10)  # started and the first deltas
+    await asyncio.wait_for(reader.wait_for_bytes(512), 10)  # started and the first deltas
     await asyncio.sleep(3)  # ~60k tokens a second fill Envoy's buffers and the windows
     assert await running(mesh) == 1 and not reader.ended.is_set()
     await reader.disconnect()

@@ -13,7 +13,7 @@ def test_a_burst_past_running_plus_waiting_is_refused_at_once_with_retry_info():
     error = caught.value
     assert error.code is ErrorCode.RESOURCE_EXHAUSTED
     assert error.reason == "REPLICA_QUEUE_FULL" and error.retry_after > 0
-    assert "4 requests running and 2 waiting (limit 2)" in error.message
+    assert "4 running and 2 waiting (limit 2)" in error.message
     assert gate.waiting == 2
     admitted[0].release()
     gate.admit()  # a freed slot is taken again
