@@ -10,7 +10,7 @@ from grpc_reflection.v1alpha import reflection
 
 from meshllm.logging import get_logger
 from meshllm.metrics import serve_metrics
-from meshllm.call_wrapper import RequestContextInterceptor
+from meshllm.call_wrapper import WrappingRegistrar
 from meshllm.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -31,7 +31,6 @@ class MeshServer:
         self.service = service
         limit = settings.max_receive_message_bytes
         self.server = grpc.aio.server(
-            interceptors=[RequestContextInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", 16 * 1024 * 1024),
@@ -52,7 +51,7 @@ class MeshServer:
 
     def add_service(self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any,
                     full_name: str) -> None:
-        add_to_server(servicer, self.server)
+        add_to_server(servicer, WrappingRegistrar(self.server))
         self._service_names.append(full_name)
 
     async def start(self) -> int:
