@@ -69,6 +69,13 @@ async def cluster_endpoints(port: int, cluster: str, healthy_only: bool = False)
     return endpoints - unhealthy if healthy_only else endpoints
 
 
+async def healthy_endpoints(port: int) -> set[str]:
+    """host:port of every endpoint, in any cluster, that passed its health check."""
+    _, body = await admin_get(port, "/clusters")
+    return {fields[1] for fields in (line.split("::") for line in body.splitlines())
+            if len(fields) >= 4 and fields[2] == "health_flags" and fields[3] == "healthy"}
+
+
 async def bound_listeners(port: int) -> dict[str, int]:
     """Listener name → the port it is bound to, for every listener Envoy has opened."""
     statuses = (await admin_json(port, "/listeners?format=json")).get("listener_statuses", [])

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.local.envoy_admin import envoy_is_ready
+from deploy.local.envoy_admin import envoy_is_ready, healthy_endpoints
 from deploy.local.supervisor import ManagedProcess, Supervisor
 from services.controlplane.bootstrap import render_bootstrap
 from services.controlplane.envoy_binary import envoy_binary_path
@@ -61,11 +61,22 @@ class LocalMesh:
         return ManagedProcess(name, [sys.executable, "-m", module], env=env)
 
     async def start(self, generation_replicas: int = 1) -> None:
+        """Starts every process, and returns once Envoy sends calls to all of them."""
         await self.start_controlplane()
         await self.start_envoy()
         await asyncio.gather(
             self.start_router(),
             *(self.add_generation_replica() for _ in range(generation_replicas)))
+        await self.wait_until_routed([self.router, *self.generation.values()])
+
+    async def wait_until_routed(self, processes: list[ManagedProcess],
+                                timeout: float = 30.0) -> None:
+        """Envoy gives a new endpoint calls only once its first health check passed; a process
+        that printed READY may not be routed to yet."""
+        addresses = {f"{self.options.host}:{process.port}" for process in processes}
+        async with asyncio.timeout(timeout):
+            while not addresses <= await healthy_endpoints(self.options.ports.admin):
+                await asyncio.sleep(0.05)
 
     async def start_controlplane(self) -> ManagedProcess:
         ports, host = self.options.ports, self.options.host

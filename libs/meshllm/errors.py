@@ -2,7 +2,7 @@
 
 Every refusal carries an ErrorInfo with a stable `reason` (clients branch on it, never on the
 message), a BadRequest naming the field for bad input, and a RetryInfo when retrying later
-can succeed (DESIGN §6)."""
+can succeed (docs/architecture.md, Errors)."""
 from dataclasses import dataclass
 
 import grpc

@@ -7,7 +7,7 @@ async def cancel_and_wait(task: asyncio.Task) -> None:
 
     The task's CancelledError is the expected outcome and goes no further; a cancellation of
     the *calling* task while it waits is passed on (`cancelling()`), so stopping a helper
-    never swallows the cancel meant for its owner (DESIGN §8)."""
+    never swallows the cancel meant for its owner."""
     task.cancel()
     try:
         await task
