@@ -175,8 +175,9 @@ async def test_twice_the_admitted_load_with_bursts_costs_no_lease_no_upstream_no
                   if o not in ("OK", "RESOURCE_EXHAUSTED", "cancelled by the burst")]
     assert not unexpected, f"{len(unexpected)} calls ended otherwise: {sorted(set(unexpected))}"
     assert everything.count("OK") > CAPACITY and everything.count("RESOURCE_EXHAUSTED") > 0
-    for each in burst_outcomes:  # 64 at once against a capacity of 16: some are beyond it
-        assert "RESOURCE_EXHAUSTED" in each, each
+    # 64 at once against a capacity of 16: together the bursts go beyond it (one alone may
+    # not: Envoy retries a refusal after a back-off, by when earlier calls may have ended).
+    assert any("RESOURCE_EXHAUSTED" in each for each in burst_outcomes), burst_outcomes
     assert smallest == {ROUTER_CLUSTER: 1, GENERATION_CLUSTER: 1}
     for cluster in (ROUTER_CLUSTER, GENERATION_CLUSTER):
         assert await stat(admin, f"cluster.{cluster}.upstream_cx_none_healthy") == 0, cluster
