@@ -37,10 +37,12 @@ class ControlPlaneSettings(ServiceSettings):
     """A stream with no bytes either way for this long is reset by Envoy."""
     connect_timeout_seconds: float = 1.0
     """Envoy's TCP connect timeout to a replica (a failure is retried on another host)."""
-    keepalive_interval_seconds: float = 5.0
-    keepalive_timeout_seconds: float = 5.0
+    keepalive_interval_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 20.0
     """Envoy PINGs every HTTP/2 connection (listeners and clusters) this often and drops it
-    when no answer comes within the timeout: a vanished peer is noticed in seconds."""
+    when no answer comes within the timeout: a vanished peer is noticed within half a
+    minute, not at the stream idle timeout. Not shorter: a dropped connection takes every
+    stream on it, and a live peer on a saturated host can take seconds to answer a PING."""
     health_check_interval_seconds: float = 2.0
     health_check_timeout_seconds: float = 5.0
     """Envoy's grpc.health.v1 checks of every replica (see resources.health_check)."""

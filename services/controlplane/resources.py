@@ -41,8 +41,8 @@ class EnvoyLayout:
     mesh_port: int = 8081
     stream_idle_timeout_seconds: float = 300.0
     connect_timeout_seconds: float = 1.0
-    keepalive_interval_seconds: float = 5.0
-    keepalive_timeout_seconds: float = 5.0
+    keepalive_interval_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 20.0
     health_check_interval_seconds: float = 2.0
     health_check_timeout_seconds: float = 5.0
 

@@ -27,4 +27,4 @@ def test_the_ads_connection_is_kept_alive_so_a_vanished_control_plane_is_noticed
     options = controlplane["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     keepalive = options["explicit_http_config"]["http2_protocol_options"]["connection_keepalive"]
-    assert keepalive == {"interval": "5s", "timeout": "5s"}
+    assert keepalive == {"interval": "10s", "timeout": "20s"}
