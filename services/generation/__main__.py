@@ -33,14 +33,14 @@ log = get_logger("services.generation")
 
 def build_engine(settings: GenerationSettings) -> Engine:
     if settings.engine == "sim":
-        from services.generation.sim_engine import SimEngine
+        from services.generation.sim_engine import DEFAULT_MAX_RUNNING_REQUESTS, SimEngine
 
         return SimEngine(
             model_name=settings.model_name(),
             max_context_tokens=settings.max_model_len or 2048,
             time_to_first_token=settings.sim_time_to_first_token_seconds,
             inter_token_latency=settings.sim_inter_token_latency_seconds,
-            max_running_requests=settings.max_running_requests or settings.sim_max_running_requests,
+            max_running_requests=settings.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS,
         )
     from services.generation.vllm_engine import VllmEngine
 

@@ -45,7 +45,8 @@ class GenerationSettings(ServiceSettings):
     max_waiting_requests: int = 64
     """Requests past this many waiting in the engine's queue get RESOURCE_EXHAUSTED."""
     max_running_requests: int = 0
-    """Requests the engine runs at once (vLLM's max_num_seqs); 0 keeps the engine's default."""
+    """Requests the engine runs at once (vLLM's max_num_seqs); 0 keeps the engine's default
+    (the sim engine's: 256)."""
     stream_messages_per_second: float = 300.0
     """Delta messages per second this replica's streams share (docs/streaming.md): a stream
     waits open_streams / this between deltas, and sends what gathered meanwhile in one."""
@@ -53,8 +54,6 @@ class GenerationSettings(ServiceSettings):
     """The longest a stream's next delta waits for more tokens, however busy the replica."""
     stream_interval: int = 1
     """vLLM's own stream_interval: tokens the engine gathers before it emits an output."""
-    sim_max_running_requests: int = 256
-    """The sim engine runs this many at once; the rest wait, as in vLLM's queue."""
     sim_time_to_first_token_seconds: float = 0.05
     sim_inter_token_latency_seconds: float = 0.01
 

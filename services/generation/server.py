@@ -121,14 +121,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT, str(error),
                               reason="INVALID_INPUT", field=error.field) from None
         job = to_request(request, current_request_id() or uuid.uuid4().hex)
-        try:
-            admission = self._admission.admit(self._engine.load().waiting)
-        except GenerationError as error:
-            log.info("generate_refused", reason=error.reason, detail=error.message)
-            raise refusal(error) from None
         pacing = self._pacer.stream(job.max_tokens)
-        with admission:
-            try:
+        try:
+            with self._admission.admit(self._engine.load().waiting):
                 async with aclosing(self._engine.generate(job)) as steps:
                     async for step in steps:
                         sent_at = time.monotonic()
@@ -138,12 +133,12 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                             wait = pacing.wait_after(len(step.token_ids), sent_at)
                             if wait > MIN_PACING_SLEEP:
                                 await asyncio.sleep(wait)
-            except GenerationError as error:
-                log.info("generate_refused", reason=error.reason, detail=error.message)
-                raise refusal(error) from None
-            except (asyncio.CancelledError, GeneratorExit):
-                log.info("generate_cancelled", request_id=job.request_id)
-                raise
+        except GenerationError as error:
+            log.info("generate_refused", reason=error.reason, detail=error.message)
+            raise refusal(error) from None
+        except (asyncio.CancelledError, GeneratorExit):
+            log.info("generate_cancelled", request_id=job.request_id)
+            raise
 
     async def GetLoad(self, request, context):
         load = self._engine.load()

@@ -26,6 +26,9 @@ WORDS = (
     "the mesh streams tokens from a replica to the router and back to the client while "
     "envoy balances calls over live replicas and the control plane keeps its registry"
 ).split()
+# How many the sim runs at once unless told (MESHLLM_GENERATION_MAX_RUNNING_REQUESTS); the
+# rest wait, as in vLLM's queue.
+DEFAULT_MAX_RUNNING_REQUESTS = 256
 # Tokens a chat template adds per message (role marker and end marker), as in the tiny model.
 TEMPLATE_TOKENS_PER_MESSAGE = 3
 
@@ -59,7 +62,7 @@ class SimEngine:
         time_to_first_token: float = 0.05,
         inter_token_latency: float = 0.01,
         kv_cache_tokens: int = 16384,
-        max_running_requests: int = 256,
+        max_running_requests: int = DEFAULT_MAX_RUNNING_REQUESTS,
     ) -> None:
         self._model_name = model_name
         self._max_context_tokens = max_context_tokens

@@ -33,7 +33,7 @@ def coalesce(messages: list[bytes]) -> list[bytes]:
     out: list[bytes] = []
     run: list[bytes] = []
     for raw in messages:
-        if raw[:1] == b"\x12":
+        if raw[0] == DELTA_TAG:
             run.append(raw)
             continue
         if run:
@@ -77,7 +77,7 @@ async def coalesced(call) -> AsyncIterator[bytes]:
             batch = waiting[:]
             waiting.clear()
             end = batch.pop() if isinstance(batch[-1], _End) else None
-            for raw in coalesce(batch) if len(batch) > 1 else batch:
+            for raw in coalesce(batch):
                 yield raw
             if end is not None:
                 if end.error is not None:

@@ -1,7 +1,9 @@
 """Refusals the router answers with: its own, and generation's passed on unchanged."""
 import grpc
 
-from meshllm.errors import STATUS_DETAILS_KEY, CallRefused
+from grpc_status import rpc_status
+
+from meshllm.errors import CallRefused, details_of
 
 
 class RequestRejected(CallRefused):
@@ -18,15 +20,7 @@ class PassedOn(CallRefused):
 
     def __init__(self, code: grpc.StatusCode, message: str, trailing_metadata):
         super().__init__(code, message, reason=code.name)
-        self._details = [(key, value) for key, value in trailing_metadata or ()
-                         if key == STATUS_DETAILS_KEY]
+        self._status = details_of(trailing_metadata)
 
     def to_status(self) -> grpc.Status:
-        if not self._details:
-            return super().to_status()
-        return _Status(self.code, self.message, tuple(self._details))
-
-
-class _Status(grpc.Status):
-    def __init__(self, code, details, trailing_metadata):
-        self.code, self.details, self.trailing_metadata = code, details, trailing_metadata
+        return super().to_status() if self._status is None else rpc_status.to_status(self._status)
