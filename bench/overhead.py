@@ -102,8 +102,7 @@ async def main(args) -> None:
     mesh = LocalMesh(options)
     direct_request, mesh_request = requests(args.max_tokens)
     rows = []
-    try:
-        await mesh.start(generation_replicas=1)
+    async with mesh.running(generation_replicas=1):
         (replica,) = mesh.generation.values()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as direct, \
                 grpc.aio.insecure_channel(f"127.0.0.1:{options.ports.public}") as public:
@@ -122,8 +121,6 @@ async def main(args) -> None:
                     mesh_runs.append(await run_path(mesh_stub, mesh_request, concurrency, rounds,
                                                     router))
                 rows.append((concurrency, merge(direct_runs), merge(mesh_runs)))
-    finally:
-        await mesh.stop()
     print_table(rows, args)
 
 

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import grpc
 import psutil
 
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
+from deploy.local.ports import free_port
 from deploy.local.supervisor import ManagedProcess
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -125,12 +125,6 @@ def mesh_request(stub, prompt: str, max_tokens: int):
 def cpu_seconds(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def vllm_server(port: int) -> ManagedProcess:

@@ -52,28 +52,33 @@ async def envoy_is_ready(port: int) -> bool:
     return status == 200
 
 
-async def cluster_endpoints(port: int, cluster: str, healthy_only: bool = False) -> set[str]:
-    """host:port of every endpoint Envoy knows for `cluster` (with `healthy_only`, those that
-    passed their health check and take calls), from admin /clusters."""
+async def cluster_endpoints(port: int, cluster: str) -> set[str]:
+    """host:port of every endpoint Envoy knows for `cluster`, from admin /clusters."""
     _, body = await admin_get(port, "/clusters")
-    endpoints, unhealthy = set(), set()
+    endpoints = set()
     for line in body.splitlines():
         name, _, rest = line.partition("::")
         fields = rest.split("::")
-        if name != cluster or len(fields) < 3:
-            continue
-        if fields[1] == "cx_active":
+        if name == cluster and len(fields) >= 2 and fields[1] == "cx_active":
             endpoints.add(fields[0])
-        elif fields[1] == "health_flags" and fields[2] != "healthy":
-            unhealthy.add(fields[0])
-    return endpoints - unhealthy if healthy_only else endpoints
+    return endpoints
 
 
 async def healthy_endpoints(port: int) -> set[str]:
-    """host:port of every endpoint, in any cluster, that passed its health check."""
+    """host:port of every endpoint, in any cluster, that passed its health check (Envoy
+    sends a new endpoint calls only from then on)."""
     _, body = await admin_get(port, "/clusters")
     return {fields[1] for fields in (line.split("::") for line in body.splitlines())
             if len(fields) >= 4 and fields[2] == "health_flags" and fields[3] == "healthy"}
+
+
+async def stat(port: int, name: str) -> int:
+    """The value of one counter or gauge, from admin /stats."""
+    _, body = await admin_get(port, f"/stats?filter=^{name}$")
+    for line in body.splitlines():
+        if line.startswith(f"{name}: "):
+            return int(line.split(": ")[1])
+    raise LookupError(f"Envoy has no stat {name}")
 
 
 async def bound_listeners(port: int) -> dict[str, int]:

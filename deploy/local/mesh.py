@@ -5,6 +5,7 @@ import asyncio
 import itertools
 import socket
 import sys
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,14 +70,29 @@ class LocalMesh:
             *(self.add_generation_replica() for _ in range(generation_replicas)))
         await self.wait_until_routed([self.router, *self.generation.values()])
 
+    @asynccontextmanager
+    async def running(self, generation_replicas: int = 1):
+        """The started mesh, stopped on the way out however the block ends."""
+        try:
+            await self.start(generation_replicas)
+            yield self
+        finally:
+            await self.stop()
+
     async def wait_until_routed(self, processes: list[ManagedProcess],
                                 timeout: float = 30.0) -> None:
         """Envoy gives a new endpoint calls only once its first health check passed; a process
-        that printed READY may not be routed to yet."""
-        addresses = {f"{self.options.host}:{process.port}" for process in processes}
-        async with asyncio.timeout(timeout):
-            while not addresses <= await healthy_endpoints(self.options.ports.admin):
-                await asyncio.sleep(0.05)
+        that printed READY may not be routed to yet. RuntimeError naming the ones that never
+        passed within `timeout`."""
+        addresses = {f"{self.options.host}:{process.port}": process.name
+                     for process in processes}
+        deadline = asyncio.get_running_loop().time() + timeout
+        while missing := set(addresses) - await healthy_endpoints(self.options.ports.admin):
+            if asyncio.get_running_loop().time() > deadline:
+                names = ", ".join(sorted(addresses[address] for address in missing))
+                raise RuntimeError(f"Envoy did not route to {names} within {timeout:.0f} s: "
+                                   "their gRPC health checks did not pass")
+            await asyncio.sleep(0.05)
 
     async def start_controlplane(self) -> ManagedProcess:
         ports, host = self.options.ports, self.options.host

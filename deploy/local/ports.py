@@ -10,6 +10,13 @@ class PortsUnavailable(Exception):
     """A port `make up` needs is taken; the message names it and the setting that moves it."""
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for tests and benchmarks that run beside a mesh)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as probe:
         # As a server binds: a port a process just left in TIME_WAIT counts as free, one that

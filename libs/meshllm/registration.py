@@ -18,18 +18,12 @@ import grpc
 from google.protobuf import duration_pb2
 
 from meshllm.api.controlplane.v1 import registry_pb2, registry_pb2_grpc
+from meshllm.channels import RECONNECT_OPTIONS
 from meshllm.logging import get_logger
 from meshllm.supervised_thread import DeathHandler, SupervisedThread
 
 log = get_logger(__name__)
 
-# The control plane may restart: grpc's default back-off grows to 120 s between reconnects,
-# far past a lease. These keep every reconnect attempt within 1 s of the registry's return.
-REGISTRY_CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
 # Heartbeats per lease: four in a row may go missing before the lease runs out.
 HEARTBEATS_PER_LEASE = 5
 CALL_TIMEOUT_SECONDS = 2.0
@@ -72,12 +66,16 @@ class ReplicaRegistration:
         return self._renewal.died if self._renewal is not None else None
 
     async def start(self, timeout: float = 60.0) -> None:
-        self._channel = grpc.insecure_channel(self._address, options=REGISTRY_CHANNEL_OPTIONS)
+        # Reconnects within 1 s of the registry's return (grpc's default grows to 120 s).
+        self._channel = grpc.insecure_channel(self._address, options=RECONNECT_OPTIONS)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         try:
             await asyncio.to_thread(self._register_until_accepted, time.monotonic() + timeout)
         except BaseException:
-            self._stopping.set()  # a start that failed or was cancelled leaves nothing behind
+            # A start that failed or was cancelled leaves nothing behind: closing the channel
+            # ends a registration the thread may still have in flight.
+            self._stopping.set()
+            self._channel.close()
             raise
         self._renewal = SupervisedThread(
             self._renew_until_stopped, name=f"lease-renewal-{self.replica.replica_id}",
@@ -151,7 +149,7 @@ class ReplicaRegistration:
                                              wait_for_ready=True)
             except grpc.RpcError as error:
                 if self._stopping.is_set():
-                    return
+                    return  # `stop` closed the channel under this call
                 if error.code() == grpc.StatusCode.NOT_FOUND:
                     log.warning("lease_lost", replica_id=self.replica.replica_id,
                                 detail=error.details())

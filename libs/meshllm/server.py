@@ -84,8 +84,7 @@ class MeshServer:
         (Envoy's health checks) send no new calls, while calls in flight go on; for a
         replica that can no longer keep itself registered. `reason` goes to the log."""
         log.error("not_serving", reason=reason)
-        for name in ("", *self._service_names):
-            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.enter_graceful_shutdown()
 
     def request_shutdown(self) -> None:
         self._shutdown.set()

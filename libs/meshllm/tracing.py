@@ -6,16 +6,15 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 
 
 def configure_tracing(service: str, console: bool = False) -> None:
     """A caller's sampled trace is always recorded and carried on. A call that starts a trace
     here is recorded only when spans go somewhere (an exporter): recording spans nobody
     reads costs the stream path on every call; its ids are still made and carried on."""
-    root = TraceIdRatioBased(1.0 if console else 0.0)
     provider = TracerProvider(resource=Resource.create({"service.name": f"meshllm-{service}"}),
-                              sampler=ParentBased(root=root))
+                              sampler=ParentBased(root=ALWAYS_ON if console else ALWAYS_OFF))
     if console:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     trace.set_tracer_provider(provider)

@@ -2,8 +2,8 @@
 
 A snapshot is consistent: every route's cluster is in it. Each resource type carries its own
 version, a hash of its content, so a stream sends a type only when that type changed (an
-endpoint change sends EDS alone) and a restarted control plane that builds the same config
-reports the same versions.
+endpoint change sends EDS, and RDS too when a pool's size changes its routes' retry count)
+and a restarted control plane that builds the same config reports the same versions.
 """
 import asyncio
 import hashlib

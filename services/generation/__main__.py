@@ -22,8 +22,6 @@ from meshllm.logging import get_logger, logging_config_file
 from meshllm.observability import configure_observability
 from meshllm.registration import ReplicaRegistration
 from meshllm.server import MeshServer
-from services.generation.admission import AdmissionGate
-from services.generation.chunk_pacing import ChunkPacer
 from services.generation.config import TINY_MODEL_DIR, GenerationSettings
 from services.generation.engine import Engine
 from services.generation.server import GenerationServicer
@@ -75,13 +73,9 @@ async def serve(settings: GenerationSettings) -> None:
             log.info("stopped_before_ready")
             return
         server = MeshServer(settings, service="generation")
-        admission = AdmissionGate(engine.max_running_requests, settings.max_waiting_requests)
-        pacer = ChunkPacer(settings.stream_messages_per_second,
-                           settings.stream_max_chunk_delay_seconds,
-                           open_streams=lambda: admission.admitted)
         server.add_service(
             generation_pb2_grpc.add_GenerationServiceServicer_to_server,
-            GenerationServicer(engine, settings.replica_id, admission, pacer),
+            GenerationServicer.for_engine(engine, settings.replica_id, settings),
             "meshllm.generation.v1.GenerationService",
         )
         port = await server.start()

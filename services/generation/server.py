@@ -17,6 +17,7 @@ from meshllm.protos import duration
 from meshllm.request_context import current_request_id
 from services.generation.admission import AdmissionGate
 from services.generation.chunk_pacing import ChunkPacer
+from services.generation.config import GenerationSettings
 from services.generation.engine import (
     ChatTurn,
     Delta,
@@ -111,6 +112,16 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self._admission = admission
         self._pacer = pacer
         self._started_at = time.monotonic()
+
+    @classmethod
+    def for_engine(cls, engine: Engine, replica_id: str,
+                   settings: GenerationSettings) -> "GenerationServicer":
+        """The servicer with its admission gate and chunk pacer sized from the settings."""
+        admission = AdmissionGate(engine.max_running_requests, settings.max_waiting_requests)
+        pacer = ChunkPacer(settings.stream_messages_per_second,
+                           settings.stream_max_chunk_delay_seconds,
+                           open_streams=lambda: admission.admitted)
+        return cls(engine, replica_id, admission, pacer)
 
     async def Generate(self, request, context):
         try:

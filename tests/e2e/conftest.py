@@ -9,8 +9,5 @@ from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 async def mesh(tmp_path_factory):
     mesh = LocalMesh(MeshOptions(ports=MeshPorts.free(), engine="vllm",
                                  workdir=tmp_path_factory.mktemp("mesh")))
-    try:
-        await mesh.start(generation_replicas=2)
+    async with mesh.running(generation_replicas=2):
         yield mesh
-    finally:
-        await mesh.stop()

@@ -8,14 +8,14 @@ finishes or, beyond the replica's capacity, gets RESOURCE_EXHAUSTED.
 
 Its own mesh (one replica with a small admission cap), beside the session's."""
 import asyncio
-import socket
 import urllib.request
 
 import grpc
 import pytest
 
-from deploy.local.envoy_admin import admin_get, cluster_endpoints
+from deploy.local.envoy_admin import cluster_endpoints, stat
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
+from deploy.local.ports import free_port
 from services.controlplane.resources import ROUTER_CLUSTER, generation_cluster_name
 from tests.e2e.streams import chat_request, public_stub
 
@@ -31,12 +31,6 @@ BURST_CANCELS, BURST_NEW_CALLS = 16, 64
 GENERATION_CLUSTER = generation_cluster_name("tiny-llama")  # the model directory's name
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 async def overload_mesh(tmp_path_factory):
     """One vLLM replica admitting 8 running + 8 waiting; the control plane's /metrics on a
@@ -49,9 +43,7 @@ async def overload_mesh(tmp_path_factory):
     try:
         with pytest.MonkeyPatch.context() as env:
             env.setenv("MESHLLM_CONTROLPLANE_METRICS_PORT", str(metrics_port))
-            await mesh.start_controlplane()
-        await mesh.start_envoy()
-        await asyncio.gather(mesh.start_router(), mesh.add_generation_replica())
+            await mesh.start(generation_replicas=1)
         yield mesh, metrics_port
     finally:
         await mesh.stop()
@@ -112,14 +104,6 @@ async def burst(stub, callers: list[Caller]) -> list[str]:
         caller.cancelled_by_burst = True
         caller.call.cancel()
     return await asyncio.gather(*(one_call(stub) for _ in range(BURST_NEW_CALLS)))
-
-
-async def stat(admin_port: int, name: str) -> int:
-    _, body = await admin_get(admin_port, f"/stats?filter=^{name}$")
-    values = [int(line.split(": ")[1]) for line in body.splitlines()
-              if line.startswith(f"{name}: ")]
-    assert values, f"Envoy has no stat {name}"
-    return values[0]
 
 
 def leases_expired(metrics_port: int) -> float:

@@ -38,12 +38,7 @@ async def test_a_replica_that_registers_is_in_envoys_endpoints_within_2s(mesh):
         assert asyncio.get_running_loop().time() - registered_at < 2.0, \
             f"{address} not in Envoy's {cluster} endpoints 2 s after registering"
         await asyncio.sleep(0.05)
-    # It takes calls once its first gRPC health check has passed.
-    while address not in await cluster_endpoints(mesh.options.ports.admin, cluster,
-                                                 healthy_only=True):
-        assert asyncio.get_running_loop().time() - registered_at < 10.0, \
-            f"{address} not healthy in Envoy 10 s after registering"
-        await asyncio.sleep(0.05)
+    await mesh.wait_until_routed([replica], timeout=10)  # its first health check passed
     assert "generation-3" in await served_by(mesh, 12)
 
 

@@ -2,13 +2,13 @@
 what the Envoy integration tests share (the fixtures are in conftest.py)."""
 import asyncio
 import inspect
-import socket
 import urllib.request
 
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2_grpc
 
+from deploy.local.ports import free_port
 from meshllm.api.controlplane.v1 import registry_pb2
 from meshllm.registration import ReplicaRegistration
 from services.controlplane.ads import AdsCallbacks
@@ -20,12 +20,6 @@ GENERATE = "/meshllm.generation.v1.GenerationService/GetLoad"
 GENERATION_SERVICE = "meshllm.generation.v1.GenerationService"
 LEASE_TTL = 1.5
 KEEPALIVE_INTERVAL = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RecordingCallbacks(AdsCallbacks):

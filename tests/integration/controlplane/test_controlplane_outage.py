@@ -10,7 +10,7 @@ from collections import defaultdict
 import grpc
 import pytest
 
-from deploy.local.envoy_admin import admin_get, cluster_endpoints
+from deploy.local.envoy_admin import cluster_endpoints, stat
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.controlplane.v1 import registry_pb2, registry_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -26,19 +26,8 @@ CLUSTERS = (ROUTER_CLUSTER, generation_cluster_name(MODEL))
 async def mesh(tmp_path_factory):
     mesh = LocalMesh(MeshOptions(ports=MeshPorts.free(), engine="sim", model=MODEL,
                                  workdir=tmp_path_factory.mktemp("outage")))
-    try:
-        await mesh.start(generation_replicas=2)
+    async with mesh.running(generation_replicas=2):
         yield mesh
-    finally:
-        await mesh.stop()
-
-
-async def stat(admin_port: int, name: str) -> int:
-    _, body = await admin_get(admin_port, f"/stats?filter=^{name}$")
-    for line in body.splitlines():
-        if line.startswith(f"{name}: "):
-            return int(line.split(": ")[1])
-    raise AssertionError(f"Envoy has no stat {name}")
 
 
 async def watch_endpoints(admin_port: int, seen: dict[str, list[int]],
@@ -76,11 +65,8 @@ async def registered(controlplane_port: int) -> set[str]:
 
 
 async def test_a_control_plane_away_15_s_never_costs_a_call_or_an_endpoint(mesh):
-    ports = mesh.options.ports
+    ports = mesh.options.ports  # mesh.start waited until Envoy routes to every process
     full = {ROUTER_CLUSTER: 1, generation_cluster_name(MODEL): 2}
-    for cluster, size in full.items():
-        while len(await cluster_endpoints(ports.admin, cluster)) < size:
-            await asyncio.sleep(0.05)
     changes_before = {c: await stat(ports.admin, f"cluster.{c}.membership_change")
                       for c in CLUSTERS}
     stop, seen, outcomes = asyncio.Event(), defaultdict(list), []

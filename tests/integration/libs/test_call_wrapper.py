@@ -13,10 +13,10 @@ from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.errors import ERROR_DOMAIN
 from meshllm.server import MeshServer
 from meshllm.settings import ServiceSettings
-from services.generation.admission import AdmissionGate
-from services.generation.chunk_pacing import ChunkPacer
+from services.generation.config import GenerationSettings
 from services.generation.server import GenerationServicer
 from services.generation.sim_engine import SimEngine
+from tests.h2_grpc import BlockingReader
 from tests.status_details import error_details, violated_fields
 
 SERVICE = "meshllm.generation.v1.GenerationService"
@@ -28,9 +28,7 @@ def sim_replica(servicer=GenerationServicer, inter_token_latency: float = 0.01):
     runs one request at a time and lets one more wait."""
     engine = SimEngine(MODEL, max_context_tokens=2048, time_to_first_token=0.01,
                        inter_token_latency=inter_token_latency, max_running_requests=1)
-    admission = AdmissionGate(max_running=1, max_waiting=1)
-    pacer = ChunkPacer(500.0, 0.05, open_streams=lambda: admission.admitted)
-    return servicer(engine, "sim-1", admission, pacer)
+    return servicer.for_engine(engine, "sim-1", GenerationSettings(max_waiting_requests=1))
 
 
 @asynccontextmanager
@@ -173,8 +171,6 @@ class CleanupWatchingServicer(generation_pb2_grpc.GenerationServiceServicer):
 
 async def test_a_cancel_while_a_write_is_blocked_runs_the_handlers_cleanup_at_once():
     # The garbage collector is off: cleanup that waited for it would never come.
-    from tests.integration.mesh.h2_grpc import BlockingReader
-
     servicer = CleanupWatchingServicer()
     gc.disable()
     try:

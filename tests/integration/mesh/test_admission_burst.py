@@ -25,11 +25,8 @@ async def mesh(tmp_path_factory):
                         ("MESHLLM_GENERATION_MAX_WAITING_REQUESTS", str(MAX_WAITING)),
                         ("MESHLLM_GENERATION_SIM_TIME_TO_FIRST_TOKEN_SECONDS", "0.05"),
                         ("MESHLLM_GENERATION_SIM_INTER_TOKEN_LATENCY_SECONDS", "0.02"))))
-    try:
-        await mesh.start(generation_replicas=2)
+    async with mesh.running(generation_replicas=2):
         yield mesh
-    finally:
-        await mesh.stop()
 
 
 async def watch_waiting(mesh, peaks: dict[str, int], stop: asyncio.Event) -> None:

@@ -18,8 +18,7 @@ from meshllm.errors import details_of
 from meshllm.registration import ReplicaRegistration
 from meshllm.server import MeshServer
 from meshllm.settings import ServiceSettings
-from services.generation.admission import AdmissionGate
-from services.generation.chunk_pacing import ChunkPacer
+from services.generation.config import GenerationSettings
 from services.generation.server import GenerationServicer
 from services.generation.sim_engine import SimEngine
 from tests.status_details import error_details, violated_fields
@@ -115,12 +114,15 @@ class DeadlineObservingReplica(GenerationServicer):
     """The real servicer on the real sim engine, noting the deadline each call arrives with
     (what `context.time_remaining()` says on the replica: None when the router sent none)."""
 
-    def __init__(self):
-        admission = AdmissionGate(max_running=256, max_waiting=64)
-        super().__init__(SimEngine(MODEL, time_to_first_token=0.01, inter_token_latency=0.01),
-                         "observed-1", admission,
-                         ChunkPacer(500.0, 0.05, open_streams=lambda: admission.admitted))
-        self.time_remaining_on_arrival: list[float | None] = []
+    time_remaining_on_arrival: list[float | None]
+
+    @classmethod
+    def on_sim(cls) -> "DeadlineObservingReplica":
+        replica = cls.for_engine(
+            SimEngine(MODEL, time_to_first_token=0.01, inter_token_latency=0.01), "observed-1",
+            GenerationSettings())
+        replica.time_remaining_on_arrival = []
+        return replica
 
     async def Generate(self, request, context):
         self.time_remaining_on_arrival.append(context.time_remaining())
@@ -131,7 +133,7 @@ class DeadlineObservingReplica(GenerationServicer):
 @pytest.fixture(scope="module")
 async def observed(router):
     """A second router whose mesh address is an in-process replica that notes deadlines."""
-    replica = DeadlineObservingReplica()
+    replica = DeadlineObservingReplica.on_sim()
     async with router_in_front_of(replica, "observed-1", router.controlplane) as second_router:
         replica.stub = second_router.stub
         yield replica

@@ -1,6 +1,7 @@
 import yaml
 
 from services.controlplane.bootstrap import BOOTSTRAP_TEMPLATE, render_bootstrap
+from services.controlplane.resources import EnvoyLayout
 
 
 def test_the_checked_in_bootstrap_is_accepted_by_envoy(envoy_validate):
@@ -27,4 +28,6 @@ def test_the_ads_connection_is_kept_alive_so_a_vanished_control_plane_is_noticed
     options = controlplane["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     keepalive = options["explicit_http_config"]["http2_protocol_options"]["connection_keepalive"]
-    assert keepalive == {"interval": "10s", "timeout": "20s"}
+    layout = EnvoyLayout()  # the same PINGs as every other connection Envoy keeps
+    assert keepalive == {"interval": f"{layout.keepalive_interval_seconds:g}s",
+                         "timeout": f"{layout.keepalive_timeout_seconds:g}s"}

@@ -33,7 +33,7 @@ async def collect(sim: SimEngine, req: GenerationRequest) -> list:
 
 
 async def test_a_caller_that_keeps_up_gets_one_delta_per_token_then_finished():
-    steps = await collect(engine(inter_token_latency=0.002), request(max_tokens=5))
+    steps = await collect(engine(inter_token_latency=0.02), request(max_tokens=5))
     assert isinstance(steps[0], Started) and steps[0].prompt_tokens > 0
     assert [type(s) for s in steps[1:-1]] == [Delta] * 5
     finished = steps[-1]

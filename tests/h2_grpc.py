@@ -19,6 +19,7 @@ class BlockingReader:
         self._window = window
         self.received = bytearray()
         self.ended = asyncio.Event()
+        self._arrived = asyncio.Event()
 
     async def start(self, path: str, request: bytes, timeout_seconds: int = 60) -> None:
         self._reader, self._writer = await asyncio.open_connection(*self._address)
@@ -46,6 +47,7 @@ class BlockingReader:
             for event in self._h2.receive_data(data):
                 if isinstance(event, h2.events.DataReceived):
                     self.received += event.data  # no window is given back for it
+                    self._arrived.set()
                 elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                     self.ended.set()
             await self._flush()  # settings and ping acknowledgements
@@ -53,7 +55,8 @@ class BlockingReader:
 
     async def wait_for_bytes(self, count: int) -> None:
         while len(self.received) < count:
-            await asyncio.sleep(0.01)
+            self._arrived.clear()
+            await self._arrived.wait()
 
     async def disconnect(self) -> None:
         """Goes away as a crashed or impatient client does: the TCP connection closes."""
