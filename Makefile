@@ -29,6 +29,11 @@ $(VENV)/.installed: requirements/cpu.lock pyproject.toml
 	$(PY) -c "import torch, vllm, grpc, envoy" >/dev/null
 	echo "$(CURDIR)/libs" > $(SITE)/meshllm.pth
 	echo "$(CURDIR)" >> $(SITE)/meshllm.pth
+	# The project itself is never pip-installed (the lock goes in with --no-deps), so no console
+	# script is generated: `meshllm` is this wrapper around `python -m cli`.
+	printf '%s\n' '#!/usr/bin/env bash' 'exec "$$(dirname "$$0")/python" -m cli "$$@"' \
+	  > $(VENV)/bin/meshllm
+	chmod +x $(VENV)/bin/meshllm
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -69,8 +74,9 @@ test-integration: protos model ## real servers on free ports (one vLLM replica)
 test-e2e: protos model node_modules/.installed ## the whole mesh: Envoy, router, vLLM replicas
 	$(PY) -m pytest -q tests/e2e
 
-bench: protos model ## sim: direct vs the mesh at 1/16/64 streams; vLLM: its own server vs the mesh, cancels
+bench: protos model ## sim: direct vs the mesh at 1/16/64 streams, auth on vs off; vLLM: its own server vs the mesh, cancels
 	$(PY) -m bench.overhead
+	$(PY) -m bench.auth_overhead
 	$(PY) -m bench.real_engine
 
 clean: ## remove everything make built

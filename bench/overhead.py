@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import psutil
 
+from meshllm.api_key import KeyedStub
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -107,7 +108,7 @@ async def main(args) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as direct, \
                 grpc.aio.insecure_channel(f"127.0.0.1:{options.ports.public}") as public:
             direct_stub = generation_pb2_grpc.GenerationServiceStub(direct)
-            mesh_stub = inference_pb2_grpc.InferenceServiceStub(public)
+            mesh_stub = KeyedStub(inference_pb2_grpc.InferenceServiceStub(public), mesh.api_key)
             router = psutil.Process(mesh.router.process.pid)
             await run_path(direct_stub, direct_request, 4, 1)  # warm both paths' connections
             await run_path(mesh_stub, mesh_request, 4, 1)

@@ -27,6 +27,8 @@ import aiohttp
 import grpc
 import psutil
 
+from meshllm.api_key import KeyedStub
+from deploy.local.cpu_layout import CpuLayout
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from deploy.local.ports import free_port
 from deploy.local.supervisor import ManagedProcess
@@ -127,14 +129,16 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def vllm_server(port: int) -> ManagedProcess:
+def vllm_server(port: int, layout: CpuLayout | None) -> ManagedProcess:
+    """vLLM's own server, laid out on the cores as the mesh's replica is (cpu_layout)."""
     return ManagedProcess("vllm-openai", [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(TINY_MODEL_DIR), "--served-model-name", SERVED_NAME,
         "--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-memory-bytes",
         str(int(KV_CACHE_GIB * GIB)), "--enforce-eager", "--disable-log-stats",
         "--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log",
-    ], env={"VLLM_LOGGING_LEVEL": "WARNING"})
+    ], env={"VLLM_LOGGING_LEVEL": "WARNING", **(layout.engine_env() if layout else {})},
+        cpus=layout.engine if layout else ())
 
 
 async def cancel_to_idle(stub, load_stub, streams: int) -> float:
@@ -160,10 +164,10 @@ def ms(values: list[float], quantile: float) -> float:
 async def main(args) -> None:
     prompt = prompt_of(args.prompt_tokens)
     port = free_port()
-    server = vllm_server(port)
     mesh = LocalMesh(MeshOptions(ports=MeshPorts.free(), engine="vllm",
                                  workdir=Path(tempfile.mkdtemp(prefix="bench-")),
                                  generation_env=(("MESHLLM_GENERATION_LOG_LEVEL", "warning"),)))
+    server = vllm_server(port, mesh.cpu_layout)
     rows: dict[str, list[Round]] = {"vLLM OpenAI server": [], "mesh": []}
     cancels: dict[int, list[float]] = {n: [] for n in args.cancel_streams}
     try:
@@ -177,7 +181,8 @@ async def main(args) -> None:
             paths = {
                 "vLLM OpenAI server": openai_request(
                     session, f"http://127.0.0.1:{port}/v1/completions", prompt, args.max_tokens),
-                "mesh": mesh_request(inference_pb2_grpc.InferenceServiceStub(public), prompt,
+                "mesh": mesh_request(KeyedStub(inference_pb2_grpc.InferenceServiceStub(public),
+                                                mesh.api_key), prompt,
                                      args.max_tokens),
             }
             for one in paths.values():  # warm up connections and the engines
@@ -195,7 +200,7 @@ async def main(args) -> None:
             # vLLM's server is not part of the cancel figures; an idle engine beside the
             # mesh's would only take CPU from it.
             await server.stop(grace=10)
-            stub = inference_pb2_grpc.InferenceServiceStub(public)
+            stub = KeyedStub(inference_pb2_grpc.InferenceServiceStub(public), mesh.api_key)
             load = generation_pb2_grpc.GenerationServiceStub(direct)
             for _ in range(args.cancel_repeats):
                 for streams in args.cancel_streams:

@@ -21,7 +21,8 @@ class BlockingReader:
         self.ended = asyncio.Event()
         self._arrived = asyncio.Event()
 
-    async def start(self, path: str, request: bytes, timeout_seconds: int = 60) -> None:
+    async def start(self, path: str, request: bytes, timeout_seconds: int = 60,
+                    headers: list[tuple[str, str]] = ()) -> None:
         self._reader, self._writer = await asyncio.open_connection(*self._address)
         self._h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self._h2.local_settings = h2.settings.Settings(client=True, initial_values={
@@ -32,7 +33,7 @@ class BlockingReader:
         self._h2.send_headers(self._stream, [
             (":method", "POST"), (":scheme", "http"), (":path", path),
             (":authority", f"{host}:{port}"), ("content-type", "application/grpc"),
-            ("te", "trailers"), ("grpc-timeout", f"{timeout_seconds}S")])
+            ("te", "trailers"), ("grpc-timeout", f"{timeout_seconds}S"), *headers])
         self._h2.send_data(self._stream, struct.pack(">BI", 0, len(request)) + request,
                            end_stream=True)
         await self._flush()

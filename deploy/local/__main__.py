@@ -15,15 +15,21 @@ from deploy.local.readiness import MeshNotServing, wait_until_serving
 GRPCURL = REPO_ROOT / ".venv" / "bin" / "grpcurl"
 
 
-def ready_banner(options: MeshOptions) -> str:
+def ready_banner(options: MeshOptions, api_key: str) -> str:
     endpoint = f"localhost:{options.ports.public}"
     request = ('{"chat":{"messages":[{"role":"ROLE_USER","content":"Hello"}]},'
                '"sampling":{"max_tokens":16}}')
+    key_header = '-H "authorization: Bearer $MESHLLM_API_KEY"'
     return (f"\nmeshllm is up: gRPC endpoint {endpoint} (Envoy admin "
-            f"http://127.0.0.1:{options.ports.admin}). Try:\n"
-            f"  {GRPCURL} -plaintext {endpoint} list\n"
-            f"  {GRPCURL} -plaintext -d '{request}' {endpoint} "
+            f"http://127.0.0.1:{options.ports.admin}).\n"
+            f"API key of the local tenant 'dev' (admin; kept in "
+            f"{options.workdir / 'dev-api-key'}):\n"
+            f"  export MESHLLM_API_KEY={api_key}\n"
+            "Try:\n"
+            f"  {GRPCURL} -plaintext {key_header} {endpoint} list\n"
+            f"  {GRPCURL} -plaintext {key_header} -d '{request}' {endpoint} "
             "meshllm.inference.v1.InferenceService/Generate\n"
+            f"  {REPO_ROOT / '.venv' / 'bin' / 'meshllm'} admin tenants list\n"
             "Ctrl-C stops everything.\n")
 
 
@@ -34,7 +40,7 @@ def refuse(reason: str) -> int:
 
 async def bring_up(mesh: LocalMesh, settings: LocalMeshSettings) -> None:
     await mesh.start(settings.generation_replicas)
-    await wait_until_serving(mesh.options, settings.ready_timeout_seconds)
+    await wait_until_serving(mesh.options, settings.ready_timeout_seconds, mesh.api_key)
 
 
 async def main() -> int:
@@ -61,7 +67,7 @@ async def main() -> int:
         except (MeshNotServing, RuntimeError) as error:
             # RuntimeError: a process that did not become ready (ManagedProcess.start).
             return refuse(str(error))
-        print(ready_banner(options), flush=True)
+        print(ready_banner(options, mesh.api_key), flush=True)
         await stop.wait()
         return 0
     finally:

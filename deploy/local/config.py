@@ -20,12 +20,20 @@ class LocalMeshSettings(BaseSettings):
     """How long the started mesh gets to answer a real call through the public listener."""
     engine: str = Field(default="vllm", validation_alias=AliasChoices("MESHLLM_ENGINE"))
     model: str = Field(default=str(TINY_MODEL_DIR), validation_alias=AliasChoices("MESHLLM_MODEL"))
+    auth_replicas: int = 1
+    mesh_cpus: int = 1
+    """With vLLM on CPU: cores for everything but the engine (deploy/local/cpu_layout.py)."""
+    database_url: str = Field(default="", validation_alias=AliasChoices("MESHLLM_DATABASE_URL"))
+    """The auth store; empty is SQLite under .meshllm/run (tenants and keys kept across runs)."""
+    redis_url: str = Field(default="", validation_alias=AliasChoices("MESHLLM_REDIS_URL"))
+    """Rate-limit counters shared by the auth replicas; empty keeps them in each replica."""
 
     def options(self) -> MeshOptions:
         return MeshOptions(
             ports=MeshPorts(controlplane=self.controlplane_port, public=self.public_port,
                             mesh=self.mesh_port, admin=self.admin_port),
-            engine=self.engine, model=self.model)
+            engine=self.engine, model=self.model, auth_replicas=self.auth_replicas,
+            database_url=self.database_url, redis_url=self.redis_url, mesh_cpus=self.mesh_cpus)
 
 
 def port_setting(port_name: str) -> str:

@@ -3,16 +3,20 @@
 `make up` runs it in the foreground; the e2e tests run it on free ports."""
 import asyncio
 import itertools
+import os
 import socket
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.local.cpu_layout import cpu_layout
 from deploy.local.envoy_admin import envoy_is_ready, healthy_endpoints
 from deploy.local.supervisor import ManagedProcess, Supervisor
 from services.controlplane.bootstrap import render_bootstrap
 from services.controlplane.envoy_binary import envoy_binary_path
+from services.auth.dev_tenant import ensure_dev_tenant
+from services.auth.store import open_store
 from services.generation.config import TINY_MODEL_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +50,19 @@ class MeshOptions:
     host: str = "127.0.0.1"
     generation_env: tuple[tuple[str, str], ...] = ()
     """Extra environment for every generation replica (e.g. the sim engine's timings)."""
+    auth_replicas: int = 1
+    database_url: str = ""
+    """The auth store; empty is SQLite in the work dir (kept across restarts)."""
+    redis_url: str = ""
+    """Shared rate-limit counters; empty keeps them in each auth replica."""
+    auth_env: tuple[tuple[str, str], ...] = ()
+    open_tenant: str = ""
+    """Public inference calls need no key and belong to this tenant (benchmarks)."""
+    mesh_cpus: int = 1
+    """With vLLM on CPU: cores kept for every process but the engine's worker (cpu_layout)."""
+
+    def auth_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.workdir / 'auth.db'}"
 
 
 class LocalMesh:
@@ -56,19 +73,63 @@ class LocalMesh:
         self.envoy: ManagedProcess | None = None
         self.router: ManagedProcess | None = None
         self.generation: dict[str, ManagedProcess] = {}
+        self.auth: dict[str, ManagedProcess] = {}
+        self.api_key = ""
+        """The dev tenant's admin key: `authorization: Bearer <api_key>` on public calls."""
+        self.cpu_layout = cpu_layout(options.engine, options.mesh_cpus)
         self._replica_ids = (f"generation-{n}" for n in itertools.count(1))
+        self._auth_ids = (f"auth-{n}" for n in itertools.count(1))
 
     def _python(self, name: str, module: str, env: dict[str, str]) -> ManagedProcess:
-        return ManagedProcess(name, [sys.executable, "-m", module], env=env)
+        return ManagedProcess(name, [sys.executable, "-m", module], env=env,
+                              cpus=self.mesh_cpus())
+
+    def mesh_cpus(self) -> tuple[int, ...]:
+        """Where the mesh's own processes run; () leaves them to the kernel."""
+        return self.cpu_layout.mesh if self.cpu_layout else ()
 
     async def start(self, generation_replicas: int = 1) -> None:
         """Starts every process, and returns once Envoy sends calls to all of them."""
+        if self.cpu_layout:
+            # The caller (make up, a test, a benchmark client) is one of the mesh's processes
+            # too: left on the engine's cores it would wait seconds for its turn.
+            os.sched_setaffinity(0, self.cpu_layout.mesh)
         await self.start_controlplane()
         await self.start_envoy()
+        self.api_key = await self.ensure_dev_key()
         await asyncio.gather(
             self.start_router(),
+            *(self.add_auth_replica() for _ in range(self.options.auth_replicas)),
             *(self.add_generation_replica() for _ in range(generation_replicas)))
-        await self.wait_until_routed([self.router, *self.generation.values()])
+        await self.wait_until_routed(
+            [self.router, *self.auth.values(), *self.generation.values()])
+
+    @property
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata that makes a public call the dev tenant's."""
+        return (("authorization", f"Bearer {self.api_key}"),)
+
+    async def ensure_dev_key(self) -> str:
+        store = await open_store(self.options.auth_database_url())
+        try:
+            return await ensure_dev_tenant(store, self.options.workdir / "dev-api-key")
+        finally:
+            await store.close()
+
+    async def add_auth_replica(self) -> ManagedProcess:
+        replica_id = next(self._auth_ids)
+        ports, host = self.options.ports, self.options.host
+        process = self._python(replica_id, "services.auth", {
+            "MESHLLM_AUTH_HOST": host,
+            "MESHLLM_AUTH_REPLICA_ID": replica_id,
+            "MESHLLM_AUTH_CONTROLPLANE_ADDRESS": f"{host}:{ports.controlplane}",
+            "MESHLLM_DATABASE_URL": self.options.auth_database_url(),
+            "MESHLLM_REDIS_URL": self.options.redis_url,
+            **dict(self.options.auth_env),
+        })
+        self.auth[replica_id] = process
+        await self.supervisor.start(process, timeout=60)
+        return process
 
     @asynccontextmanager
     async def running(self, generation_replicas: int = 1):
@@ -103,6 +164,7 @@ class LocalMesh:
                 "MESHLLM_CONTROLPLANE_LISTEN_HOST": host,
                 "MESHLLM_CONTROLPLANE_PUBLIC_PORT": str(ports.public),
                 "MESHLLM_CONTROLPLANE_MESH_PORT": str(ports.mesh),
+                "MESHLLM_CONTROLPLANE_OPEN_TENANT": self.options.open_tenant,
             }), timeout=60)
         return self.controlplane
 
@@ -117,7 +179,7 @@ class LocalMesh:
             "envoy",
             [str(envoy_binary_path()), "-c", str(bootstrap), "--use-dynamic-base-id",
              "--log-level", "warn", "--drain-time-s", "5"],
-            ready_probe=lambda: envoy_is_ready(ports.admin)), timeout=60)
+            ready_probe=lambda: envoy_is_ready(ports.admin), cpus=self.mesh_cpus()), timeout=60)
         return self.envoy
 
     async def start_router(self) -> ManagedProcess:
@@ -138,8 +200,11 @@ class LocalMesh:
             "MESHLLM_GENERATION_CONTROLPLANE_ADDRESS": f"{host}:{ports.controlplane}",
             "MESHLLM_ENGINE": self.options.engine,
             "MESHLLM_MODEL": self.options.model,
+            **(self.cpu_layout.engine_env() if self.cpu_layout else {}),
             **dict(self.options.generation_env),
         })
+        if self.cpu_layout:
+            process.cpus = self.cpu_layout.engine
         self.generation[replica_id] = process
         await self.supervisor.start(process, timeout=300)
         return process

@@ -26,7 +26,7 @@ class MeshNotServing(Exception):
     """The mesh started but cannot serve the public API; the message says what to do."""
 
 
-async def wait_until_serving(options: MeshOptions, timeout: float) -> None:
+async def wait_until_serving(options: MeshOptions, timeout: float, api_key: str) -> None:
     """Returns once the public listener serves real calls; raises MeshNotServing when a
     listener was rejected (at once) or the calls still fail after `timeout` seconds."""
     listener_ports = {PUBLIC_LISTENER: ("public", options.ports.public),
@@ -43,7 +43,7 @@ async def wait_until_serving(options: MeshOptions, timeout: float) -> None:
                     f"{port_setting(name)} to a free port")
         bound = await bound_listeners(options.ports.admin)
         if all(bound.get(listener) == port for listener, (_, port) in listener_ports.items()):
-            waiting_for = await _public_calls_fail(f"localhost:{options.ports.public}")
+            waiting_for = await _public_calls_fail(f"localhost:{options.ports.public}", api_key)
             if waiting_for is None:
                 return
         await asyncio.sleep(RETRY_SECONDS)
@@ -53,37 +53,42 @@ async def wait_until_serving(options: MeshOptions, timeout: float) -> None:
         f"(MESHLLM_LOCAL_READY_TIMEOUT_SECONDS gives it longer)")
 
 
-async def _public_calls_fail(endpoint: str) -> str | None:
-    """None when the README's calls work through `endpoint`, else what failed."""
+async def _public_calls_fail(endpoint: str, api_key: str) -> str | None:
+    """None when the README's calls work through `endpoint` with `api_key`, else what failed."""
+    metadata = (("authorization", f"Bearer {api_key}"),)
     try:
         async with grpc.aio.insecure_channel(endpoint) as channel:
-            if PUBLIC_SERVICE not in await _reflected_services(channel):
+            if PUBLIC_SERVICE not in await _reflected_services(channel, metadata):
                 return f"reflection through {endpoint} does not list {PUBLIC_SERVICE}"
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             models = (await stub.ListModels(inference_pb2.ListModelsRequest(),
-                                            timeout=CALL_TIMEOUT_SECONDS)).models
+                                            timeout=CALL_TIMEOUT_SECONDS,
+                                            metadata=metadata)).models
             served = [model.name for model in models if model.ready_replicas]
             if not served:
                 return "ListModels lists no model with a ready replica yet"
             for model in served:
-                if not await _one_token(stub, model):
+                if not await _one_token(stub, model, metadata):
                     return f"a one-token Generate on {model!r} ended without a finished event"
     except grpc.aio.AioRpcError as error:
         return f"{error.code().name}: {error.details()}"
     return None
 
 
-async def _reflected_services(channel: grpc.aio.Channel) -> set[str]:
+async def _reflected_services(channel: grpc.aio.Channel, metadata) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     services = set()
-    async for answer in stub.ServerReflectionInfo(iter([request]), timeout=CALL_TIMEOUT_SECONDS):
+    async for answer in stub.ServerReflectionInfo(iter([request]), timeout=CALL_TIMEOUT_SECONDS,
+                                                  metadata=metadata):
         services.update(service.name for service in answer.list_services_response.service)
     return services
 
 
-async def _one_token(stub: inference_pb2_grpc.InferenceServiceStub, model: str) -> bool:
+async def _one_token(stub: inference_pb2_grpc.InferenceServiceStub, model: str,
+                     metadata) -> bool:
     request = inference_pb2.GenerateRequest(
         model=model, prompt="ready?", sampling=inference_pb2.SamplingParams(max_tokens=1))
-    events = [event async for event in stub.Generate(request, timeout=CALL_TIMEOUT_SECONDS)]
+    events = [event async for event in stub.Generate(request, timeout=CALL_TIMEOUT_SECONDS,
+                                                     metadata=metadata)]
     return bool(events) and events[-1].WhichOneof("event") == "finished"

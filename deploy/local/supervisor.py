@@ -25,6 +25,8 @@ class ManagedProcess:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     ready_probe: Callable[[], Awaitable[bool]] | None = None
+    cpus: tuple[int, ...] = ()
+    """Cores the process (and every thread and child it starts) may run on; () is any."""
     port: int = 0
     process: asyncio.subprocess.Process | None = None
     _pump: asyncio.Task | None = None
@@ -37,6 +39,8 @@ class ManagedProcess:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             limit=OUTPUT_LINE_LIMIT,
+            # Set before exec, so that no thread of the new process starts anywhere else.
+            preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
         )
         ready = asyncio.get_running_loop().create_future()
         self._pump = asyncio.create_task(self._forward_output(ready))

@@ -6,6 +6,8 @@ from meshllm.api.inference.v1 import inference_pb2
 
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_LENGTH = 256
+MAX_LABELS = 64
+MAX_LABEL_CHARS = 128
 
 
 class InvalidInput(ValueError):
@@ -67,3 +69,17 @@ def check_fits_context(max_tokens: int, max_context_tokens: int) -> None:
             f"sampling.max_tokens {max_tokens} does not fit the model's context of "
             f"{max_context_tokens} tokens (prompt included): ask for at most "
             f"{max_context_tokens - 1}", "sampling.max_tokens")
+
+
+def labels_are_storable(labels) -> bool:
+    return len(labels) <= MAX_LABELS and all(
+        0 < len(key) <= MAX_LABEL_CHARS and len(value) <= MAX_LABEL_CHARS
+        and key.isprintable() and value.isprintable() for key, value in labels.items())
+
+
+def check_labels(labels) -> None:
+    """Labels end up in the usage ledger (and a database's text column): bounded, printable."""
+    if not labels_are_storable(labels):
+        raise InvalidInput(
+            f"labels: at most {MAX_LABELS}, each key 1 to {MAX_LABEL_CHARS} and each value 0 to "
+            f"{MAX_LABEL_CHARS} printable characters", "labels")

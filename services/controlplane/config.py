@@ -46,6 +46,18 @@ class ControlPlaneSettings(ServiceSettings):
     health_check_interval_seconds: float = 2.0
     health_check_timeout_seconds: float = 5.0
     """Envoy's grpc.health.v1 checks of every replica (see resources.health_check)."""
+    auth_timeout_seconds: float = 1.0
+    """How long Envoy waits for the auth service's ext_authz check and rate-limit answer
+    before failing the call closed (UNAVAILABLE). Auth answers both from its key cache and
+    its counters in about a millisecond, but a burst queues: on 2 cores at twice the load
+    one vLLM replica admits (tests/e2e/test_overload.py), a burst of 64 new calls left ~60 of
+    them unanswered after 250 ms, none after 1 s."""
+    open_tenant: str = ""
+    """Empty (the default): every public call needs an API key — ext_authz and the per-tenant
+    rate limit run on it. A tenant id: public inference calls need no key, carry no policy
+    limits and are all that tenant's (the ledger still records them); the admin API still
+    needs an admin key. For a private single-tenant endpoint, or to measure auth's own cost
+    (make bench); never on a shared endpoint."""
 
     @property
     def eds_grace(self) -> float:
@@ -64,4 +76,6 @@ class ControlPlaneSettings(ServiceSettings):
             keepalive_timeout_seconds=self.keepalive_timeout_seconds,
             health_check_interval_seconds=self.health_check_interval_seconds,
             health_check_timeout_seconds=self.health_check_timeout_seconds,
+            auth_timeout_seconds=self.auth_timeout_seconds,
+            open_tenant=self.open_tenant,
         )

@@ -1,5 +1,6 @@
 """Resource builders: plain functions that make Envoy v3 messages (xds-protos) — clusters,
-endpoints and listeners here, routes in routes.py.
+endpoints and the listener shape here, what each listener runs in listeners.py, routes in
+routes.py.
 
 Nothing here validates; Envoy does. Every builder is checked by `envoy --mode validate` in
 tests/unit/controlplane/test_envoy_resources.py.
@@ -27,6 +28,7 @@ from meshllm.protos import duration
 PUBLIC_LISTENER = "public"
 MESH_LISTENER = "mesh"
 ROUTER_CLUSTER = "router"
+AUTH_CLUSTER = "auth"
 # Set on purpose: Envoy's default of 1,024 per cluster would cap concurrent streams (each
 # stream holds one request for its whole length).
 CIRCUIT_BREAKER_LIMIT = 10_000
@@ -45,6 +47,10 @@ class EnvoyLayout:
     keepalive_timeout_seconds: float = 20.0
     health_check_interval_seconds: float = 2.0
     health_check_timeout_seconds: float = 5.0
+    auth_timeout_seconds: float = 1.0
+    open_tenant: str = ""
+    """Non-empty: public inference calls need no key and belong to this tenant (see
+    ControlPlaneSettings.open_tenant)."""
 
 
 def generation_cluster_name(model: str) -> str:
@@ -198,11 +204,13 @@ def load_assignment(cluster_name: str,
 
 def listener(name: str, port: int, layout: EnvoyLayout,
              http_filters: Sequence[hcm_pb2.HttpFilter] = (),
-             route_config: route_pb2.RouteConfiguration | None = None) -> listener_pb2.Listener:
+             route_config: route_pb2.RouteConfiguration | None = None,
+             local_replies: hcm_pb2.LocalReplyConfig | None = None) -> listener_pb2.Listener:
     """A gRPC listener: HTTP connection manager with routes by RDS (named like the listener).
 
-    `http_filters` run before the router (ext_authz and rate limits go here). `route_config`
-    inlines the routes instead of RDS (used to validate a static config).
+    `http_filters` run before the router, in order (listeners.public_http_filters). `route_config`
+    inlines the routes instead of RDS (used to validate a static config). `local_replies`
+    rewrites replies Envoy makes itself (see listeners.public_local_replies).
     """
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=name,
@@ -212,6 +220,8 @@ def listener(name: str, port: int, layout: EnvoyLayout,
         http_filters=[*http_filters, hcm_pb2.HttpFilter(
             name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
     )
+    if local_replies is not None:
+        manager.local_reply_config.CopyFrom(local_replies)
     if route_config is None:
         manager.rds.CopyFrom(hcm_pb2.Rds(config_source=_ads(), route_config_name=name))
     else:
@@ -225,8 +235,3 @@ def listener(name: str, port: int, layout: EnvoyLayout,
                 name="envoy.filters.network.http_connection_manager",
                 typed_config=pack(manager))])])
 
-
-def listeners(layout: EnvoyLayout) -> list[listener_pb2.Listener]:
-    """The public and mesh listeners."""
-    return [listener(PUBLIC_LISTENER, layout.public_port, layout),
-            listener(MESH_LISTENER, layout.mesh_port, layout)]

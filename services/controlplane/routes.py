@@ -1,5 +1,6 @@
-"""Route builders: the public listener's routes to the router and the mesh listener's
-routes by gRPC service and model pool, each with its retry policy.
+"""Route builders: the public listener's routes (the public API and reflection to the router,
+the auth admin API to auth) and the mesh listener's routes by gRPC service and model pool,
+each with its retry policy.
 
 Checked by `envoy --mode validate` in tests/unit/controlplane/test_envoy_resources.py.
 """
@@ -7,17 +8,33 @@ from collections.abc import Mapping, Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import wrappers_pb2
 
 from meshllm.protos import MODEL_HEADER, duration
+from meshllm.tenancy import REQUEST_LIMIT_HEADER, TENANT_HEADER
+from services.controlplane.listeners import EXT_AUTHZ_FILTER
 from services.controlplane.resources import (
-    MESH_LISTENER, PUBLIC_LISTENER, ROUTER_CLUSTER, generation_cluster_name, pack,
+    AUTH_CLUSTER, MESH_LISTENER, PUBLIC_LISTENER, ROUTER_CLUSTER, generation_cluster_name, pack,
     service_cluster_name,
 )
 
 GENERATION_PREFIX = "/meshllm.generation.v1.GenerationService/"
+INFERENCE_PREFIX = "/meshllm.inference.v1.InferenceService/"
+REFLECTION_PREFIX = "/grpc.reflection."
+# The auth service's two APIs go to one cluster by two listeners: the admin API is public
+# (ext_authz checks the caller's key and role like any call), the usage API (Reserve/Settle,
+# which spends budgets) only on the mesh, for the router.
+AUTH_ADMIN_PREFIX = "/meshllm.auth.v1.AuthService/"
+AUTH_USAGE_PREFIX = "/meshllm.auth.v1.UsageService/"
+TENANT_DESCRIPTOR_KEY = "tenant"
+LIMIT_DESCRIPTOR_KEY = "limit"
+"""The rate-limit descriptor entry of an inference call: ("tenant", <the tenant id that
+ext_authz set in x-meshllm-tenant>)."""
+# Unary calls get a bound: the caller's grpc-timeout, at most this.
+UNARY_TIMEOUT_SECONDS = 15.0
 # What a caller sees when its model has no pool: Envoy turns a local reply to a gRPC request
 # into a trailers-only response, mapping HTTP 404 to grpc-status 12 (UNIMPLEMENTED).
 UNKNOWN_MODEL_HTTP_STATUS = 404
@@ -30,6 +47,9 @@ PUBLIC_RETRY_ON = "connect-failure,refused-stream,reset"
 # (UNAVAILABLE) leaves the call to a sibling; the caller sees the status only when all refuse.
 GENERATION_RETRY_ON = "connect-failure,refused-stream,reset,unavailable,resource-exhausted"
 SERVICE_RETRY_ON = "connect-failure,refused-stream,reset,unavailable"
+# Auth's calls change state (create a key, reserve budget): retried only when the request never
+# reached a replica, so that nothing is done twice.
+AUTH_RETRY_ON = "connect-failure,refused-stream"
 
 
 def retry_policy(retry_on: str, num_retries: int,
@@ -66,6 +86,19 @@ def _streaming_route_action(cluster_name: str,
         retry_policy=retries)
 
 
+def _unary_route_action(cluster_name: str,
+                        retries: route_components_pb2.RetryPolicy,
+                        ) -> route_components_pb2.RouteAction:
+    """The caller's grpc-timeout, capped, bounds the call; without one the cap does."""
+    cap = duration(UNARY_TIMEOUT_SECONDS)
+    return route_components_pb2.RouteAction(
+        cluster=cluster_name,
+        timeout=cap,
+        max_stream_duration=route_components_pb2.RouteAction.MaxStreamDuration(
+            grpc_timeout_header_max=cap),
+        retry_policy=retries)
+
+
 def _prefix_route(name: str, prefix: str, cluster_name: str,
                   retries: route_components_pb2.RetryPolicy) -> route_components_pb2.Route:
     return route_components_pb2.Route(
@@ -74,14 +107,49 @@ def _prefix_route(name: str, prefix: str, cluster_name: str,
         route=_streaming_route_action(cluster_name, retries))
 
 
-def public_routes() -> route_pb2.RouteConfiguration:
-    """The public listener: only the public API and reflection, both served by the router."""
+def _auth_route(name: str, prefix: str) -> route_components_pb2.Route:
+    return route_components_pb2.Route(
+        name=name,
+        match=route_components_pb2.RouteMatch(prefix=prefix),
+        route=_unary_route_action(AUTH_CLUSTER, retry_policy(AUTH_RETRY_ON, num_retries=2)))
+
+
+def tenant_rate_limit() -> route_components_pb2.RateLimit:
+    """One descriptor per call of a tenant with a request limit, ("tenant", <x-meshllm-tenant>),
+    ("limit", <its requests per minute>), which the rate limit filter sends to the auth service
+    (listeners.rate_limit). Both headers are ext_authz's, set after the client's copies were
+    stripped; a tenant without a limit gets no limit header, so no descriptor and no call to
+    the rate limit service at all."""
+    action = route_components_pb2.RateLimit.Action
+    return route_components_pb2.RateLimit(actions=[
+        action(request_headers=action.RequestHeaders(
+            header_name=TENANT_HEADER, descriptor_key=TENANT_DESCRIPTOR_KEY)),
+        action(request_headers=action.RequestHeaders(
+            header_name=REQUEST_LIMIT_HEADER, descriptor_key=LIMIT_DESCRIPTOR_KEY)),
+    ])
+
+
+def without_ext_authz(route: route_components_pb2.Route) -> route_components_pb2.Route:
+    route.typed_per_filter_config[EXT_AUTHZ_FILTER].Pack(
+        ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
+    return route
+
+
+def public_routes(open_tenant: str = "") -> route_pb2.RouteConfiguration:
+    """The public listener: the public API (rate limited per tenant) and reflection, served
+    by the router, and auth's admin API. Never auth's usage API (see AUTH_USAGE_PREFIX).
+    With an open tenant the public API and reflection need no key (and carry no rate limit);
+    the admin API always does."""
     retries = retry_policy(PUBLIC_RETRY_ON, num_retries=2)
+    inference = _prefix_route("inference", INFERENCE_PREFIX, ROUTER_CLUSTER, retries)
+    reflection = _prefix_route("reflection", REFLECTION_PREFIX, ROUTER_CLUSTER, retries)
+    if open_tenant:
+        inference, reflection = without_ext_authz(inference), without_ext_authz(reflection)
+    else:
+        inference.route.rate_limits.append(tenant_rate_limit())
     return route_pb2.RouteConfiguration(name=PUBLIC_LISTENER, virtual_hosts=[
         route_components_pb2.VirtualHost(name=PUBLIC_LISTENER, domains=["*"], routes=[
-            _prefix_route("inference", "/meshllm.inference.v1.InferenceService/",
-                          ROUTER_CLUSTER, retries),
-            _prefix_route("reflection", "/grpc.reflection.", ROUTER_CLUSTER, retries),
+            inference, reflection, _auth_route("auth-admin", AUTH_ADMIN_PREFIX),
         ])])
 
 
@@ -95,11 +163,14 @@ def generation_retries(pool_size: int) -> route_components_pb2.RetryPolicy:
 
 def mesh_routes(pool_sizes: Mapping[str, int],
                 services: Sequence[str]) -> route_pb2.RouteConfiguration:
-    """Service-to-service: generation by the x-meshllm-model header, the rest by service name.
+    """Service-to-service: generation by the x-meshllm-model header, auth's usage API, the
+    rest by service name.
 
     `pool_sizes` is the number of endpoints of each model's pool (its retries try them all).
     A generation call whose model has no pool (or no header) gets a local reply:
-    HTTP 404 → grpc-status UNIMPLEMENTED with a message naming the header.
+    HTTP 404 → grpc-status UNIMPLEMENTED with a message naming the header. `services` are
+    the other services, each reached by its whole package (`/meshllm.<service>.v1.`); auth is
+    not one of them: only its usage API is on the mesh.
     """
     routes = [
         route_components_pb2.Route(
@@ -120,6 +191,7 @@ def mesh_routes(pool_sizes: Mapping[str, int],
             body=base_pb2.DataSource(inline_string=(
                 f"no generation pool serves the model in the {MODEL_HEADER} metadata "
                 "(missing, or no replica of it ever registered)")))))
+    routes.append(_auth_route("auth-usage", AUTH_USAGE_PREFIX))
     service_retries = retry_policy(SERVICE_RETRY_ON, num_retries=2)
     routes.extend(_prefix_route(service, f"/meshllm.{service}.v1.", service_cluster_name(service),
                                 service_retries)

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from services.controlplane import resources, routes
-from services.controlplane.registry import GENERATION_SERVICE, ROUTER_SERVICE, Replica
+from services.controlplane import listeners, resources, routes
+from services.controlplane.registry import (
+    AUTH_SERVICE, GENERATION_SERVICE, ROUTER_SERVICE, Replica,
+)
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -21,6 +23,12 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 # Make-before-break: clusters and their endpoints before the listeners and routes using them.
 PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# Pools whose clusters the listeners always use: the public routes go to the router and to
+# auth, ext_authz and the rate limit filter call auth, the mesh routes auth's usage API.
+ALWAYS_PRESENT_POOLS = ((ROUTER_SERVICE, ""), (AUTH_SERVICE, ""))
+# Services whose mesh routes are their own (routes.mesh_routes), not `/meshllm.<service>.v1.`:
+# generation by model, auth only for its usage API, the router none (its API is public).
+_OWN_MESH_ROUTES = (GENERATION_SERVICE, ROUTER_SERVICE, AUTH_SERVICE)
 
 
 @dataclass(frozen=True)
@@ -77,20 +85,22 @@ def build_snapshot(replicas: Iterable[Replica], layout: resources.EnvoyLayout,
 
     A pool (service, model) in `pools_seen` keeps its cluster and routes with no endpoints,
     so a pool scaled to zero still routes (to "no healthy upstream") rather than vanishing.
-    The router's cluster always exists because the public listener routes to it; the router
-    gets no mesh route: its API (meshllm.inference.v1) is public, and a route for
+    The router's and auth's clusters always exist, empty before their first replica, because
+    the listeners use them from the start: Envoy serves at once, and until auth registers,
+    every public call fails closed (UNAVAILABLE). Once a pool had replicas, the registry keeps
+    its last ones as endpoints when their leases lapse, for these pools as for any other. The
+    router gets no mesh route: its API (meshllm.inference.v1) is public, and a route for
     `/meshllm.router.v1.` would match nothing.
     """
     replicas = list(replicas)
-    pools = dict.fromkeys([(ROUTER_SERVICE, ""), *pools_seen, *(r.pool for r in replicas)])
+    pools = dict.fromkeys([*ALWAYS_PRESENT_POOLS, *pools_seen, *(r.pool for r in replicas)])
     endpoints: dict[str, list[resources.Endpoint]] = {_cluster_of(p): [] for p in pools}
     for replica in replicas:
         endpoints[_cluster_of(replica.pool)].append(
             resources.Endpoint(replica.host, replica.port, hostname=replica.replica_id))
     pool_sizes = {model: len(endpoints[_cluster_of((service, model))])
                   for service, model in sorted(pools) if service == GENERATION_SERVICE}
-    services = sorted({service for service, _ in pools
-                       if service not in (GENERATION_SERVICE, ROUTER_SERVICE)})
+    services = sorted({service for service, _ in pools if service not in _OWN_MESH_ROUTES})
     # Only generation replicas are leaves: every other service may pass on a status that a
     # service it calls answered, so its cluster ejects on local-origin failures alone.
     clusters = [resources.cluster(_cluster_of(pool), layout,
@@ -99,8 +109,9 @@ def build_snapshot(replicas: Iterable[Replica], layout: resources.EnvoyLayout,
     return make_snapshot(
         clusters=clusters,
         load_assignments=[resources.load_assignment(name, eps) for name, eps in endpoints.items()],
-        listeners=resources.listeners(layout),
-        routes=[routes.public_routes(), routes.mesh_routes(pool_sizes, services)],
+        listeners=listeners.listeners(layout),
+        routes=[routes.public_routes(layout.open_tenant),
+                routes.mesh_routes(pool_sizes, services)],
     )
 
 

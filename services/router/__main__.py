@@ -12,7 +12,8 @@ from services.router.generation_client import GenerationClient
 from services.router.model_catalog import ModelCatalog
 from services.router.pipeline import Pipeline
 from services.router.server import InferenceServicer
-from services.router.checks import ChooseModel, check_request
+from services.router.checks import ChooseModel, check_request, check_tenant_policy
+from services.router.metering import Metering, Settlements
 
 
 async def main(settings: RouterSettings) -> None:
@@ -21,8 +22,15 @@ async def main(settings: RouterSettings) -> None:
     controlplane = mesh_channel(settings.controlplane_address)
     catalog = ModelCatalog(controlplane, settings.catalog_refresh_seconds,
                            settings.catalog_forget_after_seconds)
-    pipeline = Pipeline(checks=[check_request, ChooseModel(catalog, settings.default_model)],
-                        last=GenerationClient(mesh))
+    # Reserve and Settle are unary calls off the token path: the intercepted channel carries
+    # the request id and trace for them.
+    accounting = mesh_channel(settings.mesh_address)
+    settlements = Settlements(accounting)
+    pipeline = Pipeline(
+        checks=[check_request, ChooseModel(catalog, settings.default_model),
+                check_tenant_policy],
+        stream_stages=[Metering(accounting, settlements)],
+        last=GenerationClient(mesh))
     server = MeshServer(settings, service="router")
     server.add_service(inference_pb2_grpc.add_InferenceServiceServicer_to_server,
                        InferenceServicer(pipeline, catalog, settings.default_model),
@@ -37,6 +45,8 @@ async def main(settings: RouterSettings) -> None:
     await server.wait_for_shutdown_signal()
     await registration.stop()
     await server.drain()
+    await settlements.drain(settings.drain_grace_seconds)
+    await accounting.close()
     await mesh.close()
     await controlplane.close()
 

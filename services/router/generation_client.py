@@ -69,7 +69,9 @@ class GenerationClient:
                         first_token_at = time.perf_counter()
                     yield raw
                 elif tag == STARTED_TAG:
-                    replica = generation_pb2.GenerateResponse.FromString(raw).started.replica_id
+                    started = generation_pb2.GenerateResponse.FromString(raw).started
+                    replica = call.replica = started.replica_id
+                    call.prompt_tokens = started.prompt_tokens
                     yield inference_pb2.GenerateResponse(started=inference_pb2.StartedEvent(
                         request_id=call.request_id, model=model, replica=replica,
                         route_reason=call.model.reason))

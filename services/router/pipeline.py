@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from meshllm.api.inference.v1 import inference_pb2
+from meshllm.tenancy import Tenancy
 from services.router.model_choice import ModelChoice
 
 Events = AsyncIterator[inference_pb2.GenerateResponse]
@@ -25,8 +26,13 @@ class GenerationCall:
     request_id: str
     time_remaining: Callable[[], float | None]
     """Seconds left before the caller's deadline, None when it set none."""
+    tenancy: Tenancy | None = None
+    """Tenant and policy as Envoy asserted them; None when the call bypassed Envoy."""
     arrived: float = field(default_factory=time.perf_counter)
     model: ModelChoice | None = None
+    replica: str = ""
+    prompt_tokens: int = 0
+    """Known once the replica started the generation."""
 
 
 Check = Callable[[GenerationCall], Awaitable[None]]

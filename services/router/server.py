@@ -5,6 +5,7 @@ import grpc
 
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from meshllm.request_context import current_request_id
+from meshllm.tenancy import Tenancy
 from services.router.model_catalog import ModelCatalog
 from services.router.model_choice import default_model
 from services.router.pipeline import GenerationCall, Pipeline
@@ -19,7 +20,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Generate(self, request, context: grpc.aio.ServicerContext):
         """Yields public events, or the bytes of deltas passed through from generation; a
         refusal (meshllm.errors.CallRefused) ends the call with its status and details."""
-        call = GenerationCall(request, current_request_id(), context.time_remaining)
+        call = GenerationCall(request, current_request_id(), context.time_remaining,
+                              Tenancy.of(context.invocation_metadata()))
         async with aclosing(await self._pipeline.start(call)) as events:
             async for event in events:
                 yield event

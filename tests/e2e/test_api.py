@@ -1,6 +1,7 @@
 """The public API through Envoy, on the real vLLM engine: grpcurl, bad input, Node, cancel."""
 import asyncio
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from meshllm.api_key import keyed_channel
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2
 from tests.e2e.streams import chat_request, generate, kinds, public_stub
@@ -33,14 +35,16 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_grpcurl_lists_the_public_service_through_envoy_reflection(mesh):
-    listed = grpcurl(f"127.0.0.1:{mesh.options.ports.public}", "list")
+    listed = grpcurl("-H", f"authorization: Bearer {mesh.api_key}",
+                     f"127.0.0.1:{mesh.options.ports.public}", "list")
     assert listed.returncode == 0, listed.stderr
     assert "meshllm.inference.v1.InferenceService" in listed.stdout.split()
 
 
 def test_readme_grpcurl_generate_streams_deltas_then_finished_with_max_tokens(mesh):
     payload = readme_generate_request()
-    reply = grpcurl("-d", json.dumps(payload), f"127.0.0.1:{mesh.options.ports.public}",
+    reply = grpcurl("-H", f"authorization: Bearer {mesh.api_key}", "-d", json.dumps(payload),
+                    f"127.0.0.1:{mesh.options.ports.public}",
                     "meshllm.inference.v1.InferenceService/Generate")
     assert reply.returncode == 0, reply.stderr
     events = [json.loads(chunk) for chunk in re.split(r"(?<=\})\n(?=\{)", reply.stdout.strip())]
@@ -54,7 +58,7 @@ def test_readme_grpcurl_generate_streams_deltas_then_finished_with_max_tokens(me
 
 
 async def test_stream_carries_started_deltas_and_finished_with_usage_and_timings(mesh):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
+    async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         events = await generate(public_stub(channel), chat_request(max_tokens=6))
     assert kinds(events)[0] == "started" and kinds(events)[-1] == "finished"
     started, finished = events[0].started, events[-1].finished
@@ -90,7 +94,7 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize("case, request_, code, words", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
 async def test_bad_input_gets_a_clear_status_and_the_mesh_keeps_serving(mesh, case, request_,
                                                                         code, words):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
+    async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         stub = public_stub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await generate(stub, request_)
@@ -103,7 +107,7 @@ async def test_a_conversation_the_models_chat_template_refuses_reaches_the_clien
     user = {"role": inference_pb2.ROLE_USER, "content": "hi"}
     two_user_turns = inference_pb2.GenerateRequest(chat={"messages": [user, user]},
                                                    sampling={"max_tokens": 4})
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
+    async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         stub = public_stub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await generate(stub, two_user_turns)
@@ -117,7 +121,7 @@ async def test_a_conversation_the_models_chat_template_refuses_reaches_the_clien
 
 
 async def test_malformed_request_bytes_get_invalid_argument_through_envoy(mesh):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
+    async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         raw = channel.unary_stream("/meshllm.inference.v1.InferenceService/Generate",
                                    request_serializer=lambda b: b)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -129,7 +133,7 @@ async def test_malformed_request_bytes_get_invalid_argument_through_envoy(mesh):
 
 
 async def test_list_models_names_the_tiny_model_with_its_replicas(mesh):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
+    async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         reply = await public_stub(channel).ListModels(inference_pb2.ListModelsRequest(), timeout=10)
     (model,) = reply.models
     assert model.name == "tiny-llama" and model.ready_replicas == 2 and model.is_default
@@ -140,7 +144,8 @@ def test_node_client_streams_a_generation_through_envoy(mesh):
     done = subprocess.run(
         ["node", str(Path(__file__).parent / "node" / "generate.js"),
          f"127.0.0.1:{mesh.options.ports.public}", str(REPO / "protos"), "5"],
-        capture_output=True, text=True, timeout=120, cwd=REPO)
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**os.environ, "MESHLLM_API_KEY": mesh.api_key})
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert [e["event"] for e in events][0] == "started"
@@ -170,7 +175,7 @@ async def running_stream(channel, mesh):
 
 
 async def test_cancelling_after_the_first_token_frees_the_engine_within_a_second(mesh):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
+    async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         stream, replica = await running_stream(channel, mesh)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as direct:
             load = generation_pb2_grpc.GenerationServiceStub(direct)

@@ -16,6 +16,7 @@ import pytest
 from deploy.local.envoy_admin import cluster_endpoints, stat
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from deploy.local.ports import free_port
+from meshllm.api_key import keyed_channel
 from services.controlplane.resources import ROUTER_CLUSTER, generation_cluster_name
 from tests.e2e.streams import chat_request, public_stub
 
@@ -134,7 +135,7 @@ async def test_twice_the_admitted_load_with_bursts_costs_no_lease_no_upstream_no
     loop = asyncio.get_running_loop()
     outcomes: list[str] = []
     stop_watching = asyncio.Event()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
+    async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         stub = public_stub(channel)
         while await one_call(stub, max_tokens=1) != "OK":  # the router knows the model
             await asyncio.sleep(0.2)

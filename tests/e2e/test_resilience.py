@@ -8,6 +8,7 @@ import pytest
 
 from deploy.local.envoy_admin import cluster_endpoints
 from services.controlplane.resources import generation_cluster_name
+from meshllm.api_key import keyed_channel
 from meshllm.api.inference.v1 import inference_pb2
 from tests.e2e.streams import chat_request, generate, public_stub
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 async def served_by(mesh, count: int) -> list[str]:
     """The replica of each of `count` concurrent generations through Envoy."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
+    async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         stub = public_stub(channel)
         streams = await asyncio.gather(*(generate(stub, chat_request(max_tokens=2))
                                          for _ in range(count)))
@@ -43,7 +44,7 @@ async def test_a_replica_that_registers_is_in_envoys_endpoints_within_2s(mesh):
 
 
 async def test_sigterm_drains_a_replica_without_cutting_its_open_stream(mesh):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
+    async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         stub = public_stub(channel)
         for _ in range(40):  # Envoy balances by least requests: soon one lands on generation-3
             stream = stub.Generate(chat_request(max_tokens=400), timeout=120)

@@ -1,6 +1,6 @@
 // A client in another language: streams one generation through Envoy with @grpc/grpc-js and
 // @grpc/proto-loader, loading the published protos, and prints each event as a JSON line.
-// Usage: node generate.js <host:port> <protos dir> <max_tokens>
+// Usage: MESHLLM_API_KEY=<key> node generate.js <host:port> <protos dir> <max_tokens>
 const path = require("path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
@@ -13,12 +13,15 @@ const definition = protoLoader.loadSync(
 const inference = grpc.loadPackageDefinition(definition).meshllm.inference.v1;
 const client = new inference.InferenceService(target, grpc.credentials.createInsecure());
 
+const metadata = new grpc.Metadata();
+metadata.set("authorization", `Bearer ${process.env.MESHLLM_API_KEY}`);
 const call = client.Generate(
   {
     chat: { messages: [{ role: "ROLE_USER", content: "Hello from Node" }] },
     sampling: { maxTokens: Number(maxTokens) },
     labels: { team: "node-client" },
   },
+  metadata,
   { deadline: Date.now() + 120000 },
 );
 call.on("data", (event) => console.log(JSON.stringify(event)));

@@ -12,6 +12,7 @@ import pytest
 
 from deploy.local.envoy_admin import cluster_endpoints, stat
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
+from meshllm.api_key import keyed_channel
 from meshllm.api.controlplane.v1 import registry_pb2, registry_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.controlplane.config import ControlPlaneSettings
@@ -70,7 +71,7 @@ async def test_a_control_plane_away_15_s_never_costs_a_call_or_an_endpoint(mesh)
     changes_before = {c: await stat(ports.admin, f"cluster.{c}.membership_change")
                       for c in CLUSTERS}
     stop, seen, outcomes = asyncio.Event(), defaultdict(list), []
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.public}") as channel:
+    async with keyed_channel(f"127.0.0.1:{ports.public}", mesh.api_key) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         # The router learns the models from the registry (once a second): wait until it has.
         while not outcomes or outcomes[-1] != "ok":
@@ -86,7 +87,7 @@ async def test_a_control_plane_away_15_s_never_costs_a_call_or_an_endpoint(mesh)
             calls_during_outage = len(outcomes)
             await mesh.start_controlplane()
             # Every replica registers again within a heartbeat and the bounded back-off...
-            while await registered(ports.controlplane) != ({"router", "generation"}, 3):
+            while await registered(ports.controlplane) != ({"router", "generation", "auth"}, 4):
                 await asyncio.sleep(0.1)
             # ...and Envoy, reconnected, is past the re-registration grace: it has been sent
             # (or found it already had) the restarted control plane's endpoints.

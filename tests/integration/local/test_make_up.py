@@ -106,7 +106,7 @@ async def test_envoy_rejecting_the_public_listener_is_not_up_and_names_the_port_
             await mesh.start_controlplane()
             await mesh.start_envoy()
             with pytest.raises(MeshNotServing) as caught:
-                await wait_until_serving(mesh.options, timeout=30)
+                await wait_until_serving(mesh.options, timeout=30, api_key="")
     finally:
         await mesh.stop()
     message = str(caught.value)

@@ -12,6 +12,7 @@ import pytest
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2
+from tests.tenant_headers import tenant_headers
 from tests.h2_grpc import BlockingReader
 
 GENERATE = "/meshllm.inference.v1.InferenceService/Generate"
@@ -38,12 +39,12 @@ async def running(mesh) -> int:
     return load.running_requests
 
 
-async def block_then_disconnect(mesh, port: int) -> None:
+async def block_then_disconnect(mesh, port: int, headers: list[tuple[str, str]]) -> None:
     """Starts LONG on `port`, reads nothing past its window until the replica's stream has
     been running for a while (everything between is full), disconnects, and asserts that the
     replica stops running it within 1 s."""
     reader = BlockingReader("127.0.0.1", port, window=1024)
-    await reader.start(GENERATE, LONG.SerializeToString())
+    await reader.start(GENERATE, LONG.SerializeToString(), headers=headers)
     await asyncio.wait_for(reader.wait_for_bytes(512), 10)  # started and the first deltas
     await asyncio.sleep(3)  # ~60k tokens a second fill Envoy's buffers and the windows
     assert await running(mesh) == 1 and not reader.ended.is_set()
@@ -56,8 +57,9 @@ async def block_then_disconnect(mesh, port: int) -> None:
 
 
 async def test_a_reader_blocked_by_flow_control_through_envoy_frees_the_replica_within_1s(mesh):
-    await block_then_disconnect(mesh, mesh.options.ports.public)
+    await block_then_disconnect(mesh, mesh.options.ports.public,
+                                [("authorization", f"Bearer {mesh.api_key}")])
 
 
 async def test_a_reader_blocking_the_routers_write_frees_the_replica_within_1s(mesh):
-    await block_then_disconnect(mesh, mesh.router.port)
+    await block_then_disconnect(mesh, mesh.router.port, tenant_headers())

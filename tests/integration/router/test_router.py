@@ -22,6 +22,7 @@ from services.generation.config import GenerationSettings
 from services.generation.server import GenerationServicer
 from services.generation.sim_engine import SimEngine
 from tests.status_details import error_details, violated_fields
+from tests.tenant_headers import AsTenant
 
 MODEL = "sim-model"
 
@@ -55,7 +56,7 @@ async def router():
         router.generation = generation
         router.controlplane = controlplane
         async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
-            router.stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            router.stub = AsTenant(inference_pb2_grpc.InferenceServiceStub(channel))
             yield router
     finally:
         await supervisor.stop_all(grace=5)
@@ -93,7 +94,7 @@ async def router_in_front_of(replica, replica_id: str, controlplane: str):
             "MESHLLM_ROUTER_METRICS_PORT": str(metrics_port)}))
         router.metrics_port = metrics_port
         async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
-            router.stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            router.stub = AsTenant(inference_pb2_grpc.InferenceServiceStub(channel))
             yield router
     finally:
         await supervisor.stop_all(grace=5)

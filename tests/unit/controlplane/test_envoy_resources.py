@@ -5,7 +5,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from services.controlplane import resources, routes
+from services.controlplane import listeners, resources, routes
 from services.controlplane.resources import EnvoyLayout, Endpoint
 
 LAYOUT = EnvoyLayout(listen_host="127.0.0.1", public_port=18080, mesh_port=18081)
@@ -42,28 +42,30 @@ def test_empty_load_assignment_is_accepted_by_envoy(envoy_validate):
     envoy_validate(clusters=[holder])
 
 
-def test_public_listener_with_its_routes_is_accepted_by_envoy(envoy_validate):
-    listener = resources.listener("public", LAYOUT.public_port, LAYOUT,
-                                  route_config=routes.public_routes())
-    envoy_validate(clusters=[resources.cluster("router", LAYOUT)], listeners=[listener])
+def test_public_listener_with_its_filters_and_routes_is_accepted_by_envoy(envoy_validate):
+    listener = listeners.public_listener(LAYOUT, route_config=routes.public_routes())
+    envoy_validate(clusters=[resources.cluster(name, LAYOUT, local_origin_only=True)
+                             for name in ("router", "auth")], listeners=[listener])
 
 
 def test_mesh_listener_with_its_routes_is_accepted_by_envoy(envoy_validate):
     models = {"tiny": 3, "Qwen/Qwen2.5-0.5B-Instruct": 0}
     mesh = routes.mesh_routes(models, ["retrieval"])
-    listener = resources.listener("mesh", LAYOUT.mesh_port, LAYOUT, route_config=mesh)
+    listener = listeners.mesh_listener(LAYOUT, route_config=mesh)
     clusters = [resources.cluster(name, LAYOUT) for name in
-                ["retrieval", *map(resources.generation_cluster_name, models)]]
+                ["retrieval", "auth", *map(resources.generation_cluster_name, models)]]
     envoy_validate(clusters=clusters, listeners=[listener])
 
 
 def test_listeners_by_rds_over_ads_are_accepted_by_envoy(envoy_validate):
-    envoy_validate(listeners=resources.listeners(LAYOUT))
+    # The public listener's filters name the auth cluster, which a real snapshot always has.
+    envoy_validate(clusters=[resources.cluster("auth", LAYOUT, local_origin_only=True)],
+                   listeners=listeners.listeners(LAYOUT))
 
 
 def test_streaming_routes_leave_the_deadline_to_the_caller():
     for route in routes.mesh_routes({"tiny": 1}, ["retrieval"]).virtual_hosts[0].routes:
-        if route.HasField("route"):
+        if route.HasField("route") and route.name != "auth-usage":
             assert route.route.timeout.ToNanoseconds() == 0
             assert route.route.max_stream_duration.HasField("grpc_timeout_header_max")
             assert route.route.max_stream_duration.grpc_timeout_header_max.ToNanoseconds() == 0
@@ -83,7 +85,7 @@ def test_generation_cluster_names_are_safe_and_distinct_for_any_model():
 
 def test_the_layout_sets_where_listeners_bind():
     layout = EnvoyLayout(listen_host="0.0.0.0", public_port=1, mesh_port=2)
-    addresses = {l.name: l.address.socket_address for l in resources.listeners(layout)}
+    addresses = {l.name: l.address.socket_address for l in listeners.listeners(layout)}
     assert addresses["public"] == address_pb2.SocketAddress(address="0.0.0.0", port_value=1)
     assert addresses["mesh"].port_value == 2
 
@@ -110,8 +112,8 @@ def test_generation_routes_retry_an_admission_rejection_on_every_other_replica()
 
 
 def test_the_public_route_retries_only_failures_of_the_router_itself():
-    for route in _routes(routes.public_routes()).values():
-        retry_on = _retry_on(route)
+    for name in ("inference", "reflection"):
+        retry_on = _retry_on(_routes(routes.public_routes())[name])
         assert {"connect-failure", "refused-stream", "reset"} == retry_on
         # The router passes these on from generation, which the mesh listener already
         # retried: retrying them here would multiply the load on a full pool.
@@ -120,7 +122,7 @@ def test_the_public_route_retries_only_failures_of_the_router_itself():
 
 def test_listeners_and_clusters_keep_http2_connections_alive():
     layout = EnvoyLayout(keepalive_interval_seconds=4, keepalive_timeout_seconds=3)
-    for built in resources.listeners(layout):
+    for built in listeners.listeners(layout):
         manager = hcm_pb2.HttpConnectionManager()
         built.filter_chains[0].filters[0].typed_config.Unpack(manager)
         keepalive = manager.http2_protocol_options.connection_keepalive

@@ -1,7 +1,7 @@
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from services.controlplane import resources
-from services.controlplane.registry import Replica
+from services.controlplane.registry import Replica, ReplicaRegistry
 from services.controlplane.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, build_snapshot
 
 LAYOUT = resources.EnvoyLayout()
@@ -23,11 +23,35 @@ def test_every_route_points_at_a_cluster_in_the_same_snapshot():
     assert set(snapshot.of_type(ENDPOINT).by_name) == set(snapshot.of_type(CLUSTER).by_name)
 
 
-def test_the_router_cluster_exists_before_any_router_registers():
+def test_the_router_and_auth_clusters_exist_empty_before_any_replica_registers():
     snapshot = build_snapshot([], LAYOUT)
-    assert set(snapshot.of_type(CLUSTER).by_name) == {"router"}
+    assert set(snapshot.of_type(CLUSTER).by_name) == {"router", "auth"}
+    assert all(not assignment.endpoints
+               for assignment in snapshot.of_type(ENDPOINT).by_name.values())
     assert set(snapshot.of_type(LISTENER).by_name) == {"public", "mesh"}
     assert set(snapshot.of_type(ROUTE).by_name) == {"public", "mesh"}
+    assert route_clusters(snapshot) <= set(snapshot.of_type(CLUSTER).by_name)
+
+
+def test_auth_replicas_are_the_auth_clusters_endpoints_and_it_ejects_like_the_router():
+    snapshot = build_snapshot([Replica("a1", "auth", "127.0.0.1", 7001),
+                               Replica("a2", "auth", "127.0.0.1", 7002)], LAYOUT)
+    assignment = snapshot.of_type(ENDPOINT).by_name["auth"]
+    assert [e.endpoint.address.socket_address.port_value
+            for e in assignment.endpoints[0].lb_endpoints] == [7001, 7002]
+    auth = snapshot.of_type(CLUSTER).by_name["auth"]
+    assert auth.outlier_detection == snapshot.of_type(CLUSTER).by_name["router"].outlier_detection
+    assert auth.outlier_detection.enforcing_consecutive_5xx.value == 0
+
+
+def test_auth_is_on_the_mesh_only_by_its_usage_api():
+    snapshot = build_snapshot([Replica("a1", "auth", "h", 1), Replica("r", "retrieval", "h", 2)],
+                              LAYOUT)
+    mesh = snapshot.of_type(ROUTE).by_name["mesh"]
+    prefixes = [route.match.prefix for route in mesh.virtual_hosts[0].routes]
+    assert "/meshllm.auth.v1.UsageService/" in prefixes
+    assert "/meshllm.auth.v1." not in prefixes
+    assert "/meshllm.retrieval.v1." in prefixes
 
 
 def test_replicas_of_one_model_share_its_cluster():
@@ -78,3 +102,21 @@ def test_generation_retries_follow_the_pool_size_and_only_the_router_ejects_on_l
     assert clusters["router"].outlier_detection.enforcing_consecutive_5xx.value == 0
     generation = clusters[resources.generation_cluster_name("tiny")]
     assert generation.outlier_detection.enforcing_consecutive_gateway_failure.value == 100
+
+
+def test_auths_last_replica_stays_its_endpoint_when_its_lease_runs_out_as_in_any_pool():
+    now = [1000.0]
+    registry = ReplicaRegistry(lease_ttl=3.0, clock=lambda: now[0])
+    registry.register(Replica("a1", "auth", "127.0.0.1", 7001))
+    now[0] += 10
+    registry.expire()
+
+    def auth_ports():
+        snapshot = build_snapshot(registry.routable(), LAYOUT, registry.pools_seen())
+        assignment = snapshot.of_type(ENDPOINT).by_name["auth"]
+        return [e.endpoint.address.socket_address.port_value
+                for locality in assignment.endpoints for e in locality.lb_endpoints]
+
+    assert auth_ports() == [7001]
+    registry.deregister("a1")  # a draining replica leaves at once, the last one too
+    assert auth_ports() == []

@@ -1,0 +1,80 @@
+"""Where the CLI's calls go and the key they carry: --endpoint, --api-key, --tls."""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import typer
+
+from cli.errors import InputError
+from meshllm.api.auth.v1 import auth_pb2_grpc
+from meshllm.api_key import bearer
+
+DEFAULT_ENDPOINT = "localhost:8080"
+ENDPOINT_ENV = "MESHLLM_ENDPOINT"
+# Where `make up` keeps the local mesh's admin key, relative to the repository it runs in.
+DEV_KEY_FILE = Path(".meshllm") / "run" / "dev-api-key"
+# Admin calls are small; a mesh that has not answered by then is not going to.
+CALL_TIMEOUT_SECONDS = 15.0
+
+
+def resolve_api_key(given: str | None, dev_key_file: Path = DEV_KEY_FILE) -> str:
+    """--api-key (or MESHLLM_API_KEY, which typer folds into it), else the local mesh's key."""
+    if given:
+        return given.strip()
+    try:
+        key = dev_key_file.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        key = ""
+    except OSError as error:
+        raise InputError(f"no API key given, and {dev_key_file} cannot be read: "
+                         f"{error.strerror}") from None
+    if not key:
+        raise InputError("no API key: pass --api-key or set MESHLLM_API_KEY (a local mesh "
+                         f"started with `make up` keeps its admin key in {dev_key_file})")
+    return key
+
+
+class KeyedCalls:
+    """A synchronous stub whose every call carries the API key and a deadline."""
+
+    def __init__(self, stub, api_key: str):
+        self._stub = stub
+        self._metadata = bearer(api_key)
+
+    def __getattr__(self, method: str):
+        call = getattr(self._stub, method)
+        return lambda request: call(request, metadata=self._metadata,
+                                    timeout=CALL_TIMEOUT_SECONDS)
+
+
+@dataclass
+class Connection:
+    """The endpoint options of one command line; the channel opens at the first call, so
+    `--help` and input errors never need a key or a network."""
+
+    endpoint: str
+    api_key: str | None
+    tls: bool
+    _channel: grpc.Channel | None = field(default=None, repr=False)
+
+    def _open(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = (
+                grpc.secure_channel(self.endpoint, grpc.ssl_channel_credentials())
+                if self.tls else grpc.insecure_channel(self.endpoint))
+        return self._channel
+
+    def admin(self) -> KeyedCalls:
+        """meshllm.auth.v1.AuthService, the admin API."""
+        key = resolve_api_key(self.api_key)
+        return KeyedCalls(auth_pb2_grpc.AuthServiceStub(self._open()), key)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+
+def admin_api(ctx: typer.Context) -> KeyedCalls:
+    """The admin API of the mesh the command line points at."""
+    return ctx.find_object(Connection).admin()
