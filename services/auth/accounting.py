@@ -119,6 +119,31 @@ class Accounting:
 
     async def settle(self, usage: CallUsage) -> tuple[int, bool]:
         """The call's cost, and whether it was recorded now (False: settled before)."""
+        (settled,) = await self.settle_many([usage])
+        if isinstance(settled, CallRefused):
+            raise settled
+        return settled
+
+    async def settle_many(self, usages: list[CallUsage]) -> list[tuple[int, bool] | CallRefused]:
+        """`settle` for each call, the ledger rows in one store transaction (one commit, not
+        one per call); a call that cannot be settled gets its refusal, the others go on."""
+        results: list[tuple[int, bool] | CallRefused] = []
+        pending: list[tuple[int, CallUsage, stores.UsageRecord, TenantView]] = []
+        for usage in usages:
+            try:
+                record, tenant = await self._record_of(usage)
+            except CallRefused as refusal:
+                results.append(refusal)
+                continue
+            pending.append((len(results), usage, record, tenant))
+            results.append((record.cost_micro_usd, False))
+        recorded = await self._store.settle_many([record for _, _, record, _ in pending])
+        for (index, usage, record, tenant), was_recorded in zip(pending, recorded, strict=True):
+            results[index] = (record.cost_micro_usd, was_recorded)
+            await self._release_limits(usage, tenant.policy)
+        return results
+
+    async def _record_of(self, usage: CallUsage) -> tuple[stores.UsageRecord, TenantView]:
         _check_request_id(usage.request_id)
         _check_counts(prompt_tokens=usage.prompt_tokens,
                       completion_tokens=usage.completion_tokens)
@@ -130,17 +155,21 @@ class Accounting:
                         dropped=len(usage.labels) - len(labels))
         tenant = await self._tenant(usage.tenant_id)
         policy = tenant.policy
-        cost = cost_micro_usd(policy, usage.model, usage.prompt_tokens, usage.completion_tokens)
         now = datetime.now(UTC)
-        recorded = await self._store.settle(stores.UsageRecord(
+        return stores.UsageRecord(
             request_id=usage.request_id, tenant_id=usage.tenant_id, period=period_of(now),
             model=usage.model, replica=usage.replica, prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens, cost_micro_usd=cost,
+            completion_tokens=usage.completion_tokens,
+            cost_micro_usd=cost_micro_usd(policy, usage.model, usage.prompt_tokens,
+                                          usage.completion_tokens),
             labels=labels, outcome=usage.outcome,
             time_to_first_token_seconds=usage.time_to_first_token_seconds,
             total_seconds=usage.total_seconds, policy_version=tenant.policy_version,
             recorded_at=now,
-            scopes=tuple(scope for scope, _ in budget_scopes(policy, labels))))
+            scopes=tuple(scope for scope, _ in budget_scopes(policy, labels))), tenant
+
+    async def _release_limits(self, usage: CallUsage, policy) -> None:
+        """The tokens-per-minute entry down to what the call used; its stream slot freed."""
         if policy.tokens_per_minute:
             await self._quietly(lambda: self._counters.adjust(
                 f"tokens:{usage.tenant_id}", usage.request_id,
@@ -148,7 +177,6 @@ class Accounting:
         if policy.max_concurrent_streams:
             await self._quietly(lambda: self._counters.release_slot(
                 f"streams:{usage.tenant_id}", usage.request_id))
-        return cost, recorded
 
     async def _tenant(self, tenant_id: str) -> TenantView:
         tenant = await self._identities.tenant(tenant_id)

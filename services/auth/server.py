@@ -25,6 +25,7 @@ log = get_logger(__name__)
 _HTTP_STATUS = {grpc.StatusCode.UNAUTHENTICATED: http_status_pb2.Unauthorized,
                 grpc.StatusCode.PERMISSION_DENIED: http_status_pb2.Forbidden}
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+MAX_SETTLE_BATCH = 512
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
@@ -131,15 +132,33 @@ class UsageServicer(auth_pb2_grpc.UsageServiceServicer):
 
     @_store_errors
     async def Settle(self, request, context):
-        cost, recorded = await self._accounting.settle(CallUsage(
-            request_id=request.request_id, tenant_id=request.tenant_id, model=request.model,
-            replica=request.replica, prompt_tokens=request.prompt_tokens,
-            completion_tokens=request.completion_tokens, outcome=request.outcome,
-            labels=dict(request.labels),
-            time_to_first_token_seconds=request.time_to_first_token.ToTimedelta().total_seconds()
-            if request.HasField("time_to_first_token") else None,
-            total_seconds=request.total.ToTimedelta().total_seconds()))
+        cost, recorded = await self._accounting.settle(_call_usage(request))
         return auth_pb2.SettleResponse(cost_micro_usd=cost, recorded=recorded)
+
+    @_store_errors
+    async def SettleBatch(self, request, context):
+        if len(request.calls) > MAX_SETTLE_BATCH:
+            raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"a batch holds at most {MAX_SETTLE_BATCH} calls, got "
+                              f"{len(request.calls)}", reason="BATCH_TOO_LARGE", field="calls")
+        settled = await self._accounting.settle_many([_call_usage(c) for c in request.calls])
+        return auth_pb2.SettleBatchResponse(results=[
+            auth_pb2.SettleBatchResult(request_id=call.request_id, error=outcome.message)
+            if isinstance(outcome, CallRefused) else
+            auth_pb2.SettleBatchResult(request_id=call.request_id, cost_micro_usd=outcome[0],
+                                       recorded=outcome[1])
+            for call, outcome in zip(request.calls, settled, strict=True)])
+
+
+def _call_usage(request: auth_pb2.SettleRequest) -> CallUsage:
+    return CallUsage(
+        request_id=request.request_id, tenant_id=request.tenant_id, model=request.model,
+        replica=request.replica, prompt_tokens=request.prompt_tokens,
+        completion_tokens=request.completion_tokens, outcome=request.outcome,
+        labels=dict(request.labels),
+        time_to_first_token_seconds=request.time_to_first_token.ToTimedelta().total_seconds()
+        if request.HasField("time_to_first_token") else None,
+        total_seconds=request.total.ToTimedelta().total_seconds())
 
 
 def _admin_only(method):

@@ -111,6 +111,9 @@ class SqlStore:
     async def settle(self, record: UsageRecord) -> bool:
         return await self._db.write(self._settle, record)
 
+    async def settle_many(self, records: Sequence[UsageRecord]) -> list[bool]:
+        return await self._db.write(self._settle_many, tuple(records))
+
     async def usage(self, tenant_id: str, period: str, model: str = "",
                     group_by_label: str = "") -> list[UsageRow]:
         return await self._db.read(self._usage, tenant_id, period, model, group_by_label)
@@ -220,6 +223,17 @@ class SqlStore:
             self._change(db, "INSERT INTO reservation_scopes (request_id, scope, ordinal) "
                              "VALUES (?, ?, ?)", (request_id, scope, ordinal))
         return ReserveResult(True, amount)
+
+    def _settle_many(self, db: Any, records: tuple[UsageRecord, ...]) -> list[bool]:
+        # Tenants in id order: two replicas settling overlapping batches lock tenant rows in
+        # the same order, so neither waits on the other in a cycle.
+        recorded = [False] * len(records)
+        for index in sorted(range(len(records)), key=lambda n: records[n].tenant_id):
+            try:
+                recorded[index] = self._settle(db, records[index])
+            except RequestIdConflict:
+                pass  # checked before any write for that record: nothing of it to undo
+        return recorded
 
     def _settle(self, db: Any, record: UsageRecord) -> bool:
         self._lock_tenant_budget(db, record.tenant_id)

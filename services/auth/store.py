@@ -171,6 +171,10 @@ class AuthStore(Protocol):
         False, and nothing changed, when the request id was settled before.
         Raises TenantNotFound, or RequestIdConflict if another tenant holds the request id."""
 
+    async def settle_many(self, records: Sequence[UsageRecord]) -> list[bool]:
+        """`settle` for each record, all in one transaction (one commit); a record whose id
+        is held for another tenant is not recorded (False) and does not stop the others."""
+
     async def usage(self, tenant_id: str, period: str, model: str = "",
                     group_by_label: str = "") -> list[UsageRow]:
         """The ledger's sums for a period: one row per model, or per value of the label

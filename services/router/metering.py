@@ -3,8 +3,9 @@ finished event, and settles with the auth service when the stream ends, however 
 
 The tenant and its policy come from Envoy's headers (meshllm.tenancy). Reserve is called only
 when the policy has something to hold (a budget, a tokens-per-minute or concurrency limit), so
-an unmetered tenant's first token waits for no extra call. Settle runs after the stream, off
-the client's path, and is retried while auth is away: it is idempotent on the request id."""
+an unmetered tenant's first token waits for no extra call. Settling runs after the stream,
+off the client's path, batched, and is retried while auth is away: it is idempotent on the
+ledger id."""
 import asyncio
 import secrets
 import time
@@ -16,6 +17,7 @@ from meshllm.api.auth.v1 import auth_pb2
 from meshllm.api.inference.v1 import inference_pb2
 from meshllm.errors import CallRefused
 from meshllm.logging import get_logger
+from meshllm.tasks import cancel_and_wait
 from meshllm.tenancy import cost_micro_usd
 from services.router.delta_tokens import delta_token_count
 from services.router.errors import PassedOn, RequestRejected
@@ -23,7 +25,7 @@ from services.router.pipeline import Events, GenerationCall, Next
 
 log = get_logger(__name__)
 RESERVE_METHOD = "/meshllm.auth.v1.UsageService/Reserve"
-SETTLE_METHOD = "/meshllm.auth.v1.UsageService/Settle"
+SETTLE_BATCH_METHOD = "/meshllm.auth.v1.UsageService/SettleBatch"
 _PROMPT_TOKEN_SLACK = 64  # chat-template tokens around the messages, at most
 
 
@@ -49,39 +51,79 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 class Settlements:
-    """Settle calls in the background, retried while auth cannot be reached; `drain` waits for
-    the ones in flight when the router stops."""
+    """Settles calls in the background, in batches: the calls that end within `flush_seconds`
+    of one another go in one SettleBatch (one call for the router, one commit for auth's
+    store), retried while auth cannot be reached. `drain` sends what is left when the router
+    stops."""
 
-    def __init__(self, channel: grpc.aio.Channel, attempts: int = 10):
+    def __init__(self, channel: grpc.aio.Channel, flush_seconds: float = 0.05,
+                 max_batch: int = 256, max_waiting: int = 100_000, attempts: int = 10):
         self._settle = channel.unary_unary(
-            SETTLE_METHOD, request_serializer=auth_pb2.SettleRequest.SerializeToString,
-            response_deserializer=auth_pb2.SettleResponse.FromString)
+            SETTLE_BATCH_METHOD,
+            request_serializer=auth_pb2.SettleBatchRequest.SerializeToString,
+            response_deserializer=auth_pb2.SettleBatchResponse.FromString)
+        self._flush_seconds = flush_seconds
+        self._max_batch = max_batch
+        self._max_waiting = max_waiting
         self._attempts = attempts
-        self._pending: set[asyncio.Task] = set()
+        self._waiting: list[auth_pb2.SettleRequest] = []
+        self._arrived = asyncio.Event()
+        self._sending = False
+        self._flusher: asyncio.Task | None = None
 
     def submit(self, request: auth_pb2.SettleRequest) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(request))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        if len(self._waiting) >= self._max_waiting:
+            lost = self._waiting.pop(0)
+            log.error("settle_lost", request_id=lost.request_id, tenant=lost.tenant_id,
+                      reason="too many settlements waiting for auth")
+        self._waiting.append(request)
+        self._arrived.set()
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
 
-    async def _send(self, request: auth_pb2.SettleRequest) -> None:
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._arrived.wait()
+            await asyncio.sleep(self._flush_seconds)  # the calls ending now join the batch
+            batch = self._waiting[:self._max_batch]
+            del self._waiting[:self._max_batch]
+            if not self._waiting:
+                self._arrived.clear()
+            self._sending = True
+            try:
+                await self._send(batch)
+            finally:
+                self._sending = False
+
+    async def _send(self, batch: list[auth_pb2.SettleRequest]) -> None:
+        request = auth_pb2.SettleBatchRequest(calls=batch)
         for attempt in range(self._attempts):
             try:
-                await self._settle(request, timeout=5.0)
-                return
+                reply = await self._settle(request, timeout=5.0)
             except grpc.aio.AioRpcError as error:
                 if error.code() not in (grpc.StatusCode.UNAVAILABLE,
                                         grpc.StatusCode.DEADLINE_EXCEEDED):
-                    log.error("settle_refused", request_id=request.request_id,
-                              code=error.code().name, detail=error.details())
+                    log.error("settle_refused", calls=len(batch), code=error.code().name,
+                              detail=error.details())
                     return
                 await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))
-        log.error("settle_lost", request_id=request.request_id, tenant=request.tenant_id,
-                  attempts=self._attempts)
+                continue
+            for result in reply.results:
+                if result.error:
+                    log.error("settle_refused", request_id=result.request_id,
+                              detail=result.error)
+            return
+        log.error("settle_lost", calls=len(batch), attempts=self._attempts,
+                  request_ids=[call.request_id for call in batch[:10]])
 
     async def drain(self, timeout: float) -> None:
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=timeout)
+        """Waits, at most `timeout` seconds, until every submitted call was sent."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (self._waiting or self._sending) and \
+                asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._flusher is not None:
+            await cancel_and_wait(self._flusher)
 
 
 class Metering:

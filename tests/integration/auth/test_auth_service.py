@@ -682,3 +682,24 @@ async def allowed_now(auth, secret: str) -> bool:
         return is_allowed(await auth.check(bearer(secret)))
     except grpc.aio.AioRpcError:
         return False
+
+
+async def test_a_settle_batch_records_each_call_once_and_refuses_only_the_bad_one(auth):
+    await add_tenant(auth, "acme", Policy(prices=PRICES))
+    await auth.usage.Settle(settle(request_id="earlier"))
+    reply = await auth.usage.SettleBatch(auth_pb2.SettleBatchRequest(calls=[
+        settle(request_id="b1", prompt=10, completion=10),
+        settle(request_id="earlier"),  # settled already: not charged twice
+        settle(request_id="b2", completion=-1),  # refused alone
+        settle(request_id="b3", tenant_id="nobody"),  # refused alone
+        settle(request_id="b4", prompt=1, completion=1),
+    ]))
+    results = {r.request_id: r for r in reply.results}
+    assert [r.request_id for r in reply.results] == ["b1", "earlier", "b2", "b3", "b4"]
+    assert (results["b1"].recorded, results["b1"].cost_micro_usd) == (True, 20)
+    assert not results["earlier"].recorded and not results["earlier"].error
+    assert "completion_tokens" in results["b2"].error and not results["b2"].recorded
+    assert "nobody" in results["b3"].error
+    assert results["b4"].recorded
+    usage = await auth.admin.GetUsage(auth_pb2.GetUsageRequest(tenant_id="acme"))
+    assert usage.total.requests == 3  # earlier, b1, b4

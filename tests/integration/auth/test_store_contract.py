@@ -341,3 +341,22 @@ async def test_an_unknown_database_url_is_refused_without_echoing_it():
 async def test_times_without_a_time_zone_are_refused(store):
     with pytest.raises(ValueError, match="timezone-aware"):
         await store.create_tenant(tenant("acme", datetime(2026, 5, 10, 12, 0)))
+
+
+async def test_a_batch_settles_each_call_once_and_a_conflict_stops_only_itself(store, clock):
+    for tenant_id in ("acme", "zeta"):
+        await store.create_tenant(tenant(tenant_id, clock.now))
+    await reserve(store, "held", 1_000, clock, scopes=[("tenant", 10_000)])
+    await store.settle(call("before", 7, clock.now))
+    recorded = await store.settle_many([
+        call("zeta-1", 5, clock.now, tenant_id="zeta"),
+        call("held", 30, clock.now, tenant_id="zeta"),  # held for acme: not recorded
+        call("before", 7, clock.now),  # settled already
+        call("held", 40, clock.now),
+        call("acme-2", 2, clock.now),
+    ])
+    assert recorded == [True, False, False, True, True]
+    assert await store.budget_state("acme", PERIOD, "tenant") == BudgetState(7 + 40 + 2, 0)
+    by_tenant = {t: sum(row.cost_micro_usd for row in await store.usage(t, PERIOD))
+                 for t in ("acme", "zeta")}
+    assert by_tenant == {"acme": 7 + 40 + 2, "zeta": 5}
