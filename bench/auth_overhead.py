@@ -34,12 +34,19 @@ def sim_mesh(args, open_tenant: str) -> LocalMesh:
         )))
 
 
-async def limit_the_dev_tenant(mesh: LocalMesh) -> None:
+POLICIES = {
+    "none": auth_pb2.Policy(),
+    "requests": auth_pb2.Policy(requests_per_minute=1_000_000),
+    "requests+tokens": auth_pb2.Policy(requests_per_minute=1_000_000,
+                                       tokens_per_minute=1_000_000_000),
+}
+
+
+async def limit_the_dev_tenant(mesh: LocalMesh, policy: str) -> None:
     """Limits that every call is checked against and none reaches."""
     async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         await auth_pb2_grpc.AuthServiceStub(channel).UpdatePolicy(auth_pb2.UpdatePolicyRequest(
-            tenant_id=DEV_TENANT, policy=auth_pb2.Policy(
-                requests_per_minute=1_000_000, tokens_per_minute=1_000_000_000)), timeout=10)
+            tenant_id=DEV_TENANT, policy=POLICIES[policy]), timeout=10)
 
 
 async def main(args) -> None:
@@ -47,7 +54,7 @@ async def main(args) -> None:
     _, request = requests(args.max_tokens)
     results: dict[str, list[PathResult]] = {"on": [], "off": []}
     async with on.running(), off.running():
-        await limit_the_dev_tenant(on)
+        await limit_the_dev_tenant(on, args.policy)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{on.options.ports.public}") as on_ch, \
                 grpc.aio.insecure_channel(f"127.0.0.1:{off.options.ports.public}") as off_ch:
             stubs = {"on": KeyedStub(inference_pb2_grpc.InferenceServiceStub(on_ch), on.api_key),
@@ -88,6 +95,9 @@ def parse_args():
     parser.add_argument("--min-streams", type=int, default=96,
                         help="streams per path per repeat, at least")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--policy", choices=sorted(POLICIES), default="requests+tokens",
+                        help="the 'on' tenant's limits: none (key check only), requests (plus "
+                             "the rate limit service), requests+tokens (plus a reservation)")
     return parser.parse_args()
 
 

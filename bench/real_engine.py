@@ -167,7 +167,7 @@ async def main(args) -> None:
     mesh = LocalMesh(MeshOptions(ports=MeshPorts.free(), engine="vllm",
                                  workdir=Path(tempfile.mkdtemp(prefix="bench-")),
                                  generation_env=(("MESHLLM_GENERATION_LOG_LEVEL", "warning"),)))
-    server = vllm_server(port, mesh.cpu_layout)
+    server = vllm_server(port, mesh.cpu_layout if args.vllm_placement == "replica" else None)
     rows: dict[str, list[Round]] = {"vLLM OpenAI server": [], "mesh": []}
     cancels: dict[int, list[float]] = {n: [] for n in args.cancel_streams}
     try:
@@ -265,6 +265,9 @@ def parse_args():
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--cancel-streams", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--vllm-placement", choices=["replica", "unpinned"], default="replica",
+                        help="vLLM's own server on the cores the mesh's replica gets (replica), "
+                             "or left to the kernel as vLLM ships (unpinned)")
     parser.add_argument("--cancel-repeats", type=int, default=3)
     return parser.parse_args()
 

@@ -97,9 +97,11 @@ class LocalMesh:
         await self.start_controlplane()
         await self.start_envoy()
         self.api_key = await self.ensure_dev_key()
+        # Auth before the router: processes stop newest first, and a router that stops after
+        # auth could not send its last settlements.
+        await asyncio.gather(*(self.add_auth_replica() for _ in range(self.options.auth_replicas)))
         await asyncio.gather(
             self.start_router(),
-            *(self.add_auth_replica() for _ in range(self.options.auth_replicas)),
             *(self.add_generation_replica() for _ in range(generation_replicas)))
         await self.wait_until_routed(
             [self.router, *self.auth.values(), *self.generation.values()])

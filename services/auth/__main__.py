@@ -2,22 +2,14 @@
 router, and the admin API — all on one port, registered with the control plane."""
 import asyncio
 
-from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.ratelimit.v3 import rls_pb2_grpc
-
-from meshllm.api.auth.v1 import auth_pb2_grpc
 from meshllm.api.controlplane.v1 import registry_pb2
 from meshllm.observability import configure_observability
 from meshllm.registration import ReplicaRegistration
 from meshllm.server import MeshServer
 from meshllm.tasks import cancel_and_wait
-from services.auth.accounting import Accounting
-from services.auth.admin import Admin
 from services.auth.config import AuthSettings
-from services.auth.edge_limits import EdgeLimits
 from services.auth.identity_cache import IdentityCache
-from services.auth.server import (AuthAdminServicer, ExternalAuthorizationServicer,
-                                  RateLimitServicer, UsageServicer)
+from services.auth.server import add_auth_services
 from services.auth.store import open_store
 from services.auth.window_counters import open_counters
 
@@ -28,21 +20,7 @@ async def main(settings: AuthSettings) -> None:
     identities = IdentityCache(store, settings.cache_refresh_seconds)
     following = asyncio.create_task(identities.follow_store())
     server = MeshServer(settings, service="auth")
-    server.add_service(external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
-                       ExternalAuthorizationServicer(identities),
-                       "envoy.service.auth.v3.Authorization")
-    server.add_service(rls_pb2_grpc.add_RateLimitServiceServicer_to_server,
-                       RateLimitServicer(EdgeLimits(counters, identities,
-                                                    settings.limits_fail_open)),
-                       "envoy.service.ratelimit.v3.RateLimitService")
-    server.add_service(auth_pb2_grpc.add_UsageServiceServicer_to_server,
-                       UsageServicer(Accounting(store, counters, identities,
-                                                settings.reservation_seconds,
-                                                settings.limits_fail_open)),
-                       "meshllm.auth.v1.UsageService")
-    server.add_service(auth_pb2_grpc.add_AuthServiceServicer_to_server,
-                       AuthAdminServicer(Admin(store), identities),
-                       "meshllm.auth.v1.AuthService")
+    add_auth_services(server, store, counters, identities, settings)
     port = await server.start()
     registration = None
     if settings.controlplane_address:

@@ -14,6 +14,7 @@ from meshllm.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from meshllm.errors import STATUS_DETAILS_KEY, CallRefused, status_with_details
 from meshllm.logging import get_logger
 from services.auth.accounting import Accounting, CallUsage
+from services.auth.config import AuthSettings
 from services.auth.admin import Admin, key_message, tenant_message
 from services.auth.authorization import ADMIN_PATH_PREFIX, Allowed, authorize
 from services.auth.edge_limits import TENANT_DESCRIPTOR, EdgeLimits
@@ -239,3 +240,23 @@ class AuthAdminServicer(auth_pb2_grpc.AuthServiceServicer):
     @_admin_only
     async def GetUsage(self, request, context):
         return await self._admin.usage(request)
+
+
+def add_auth_services(server, store, counters, identities: IdentityCache,
+                      settings: AuthSettings) -> None:
+    """The four servicers of an auth replica, registered on `server` (a MeshServer)."""
+    server.add_service(external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
+                       ExternalAuthorizationServicer(identities),
+                       "envoy.service.auth.v3.Authorization")
+    server.add_service(rls_pb2_grpc.add_RateLimitServiceServicer_to_server,
+                       RateLimitServicer(EdgeLimits(counters, identities,
+                                                    settings.limits_fail_open)),
+                       "envoy.service.ratelimit.v3.RateLimitService")
+    server.add_service(auth_pb2_grpc.add_UsageServiceServicer_to_server,
+                       UsageServicer(Accounting(store, counters, identities,
+                                                settings.reservation_seconds,
+                                                settings.limits_fail_open)),
+                       "meshllm.auth.v1.UsageService")
+    server.add_service(auth_pb2_grpc.add_AuthServiceServicer_to_server,
+                       AuthAdminServicer(Admin(store), identities),
+                       "meshllm.auth.v1.AuthService")

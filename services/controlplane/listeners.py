@@ -18,10 +18,12 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import wrappers_pb2
 
 from meshllm.protos import duration
 from meshllm.tenancy import IDENTITY_HEADERS, TENANT_HEADER
@@ -45,7 +47,16 @@ def _auth_service(layout: EnvoyLayout) -> grpc_service_pb2.GrpcService:
     cannot answer in time fails the call closed rather than hold it."""
     return grpc_service_pb2.GrpcService(
         envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=AUTH_CLUSTER),
-        timeout=duration(layout.auth_timeout_seconds))
+        timeout=duration(layout.auth_timeout_seconds),
+        # A replica that died is still in the cluster until its lease runs out (and with most
+        # of a small pool dead, Envoy's panic mode keeps sending it checks): try another.
+        retry_policy=base_pb2.RetryPolicy(
+            retry_on="connect-failure,refused-stream,reset,unavailable",
+            num_retries=wrappers_pb2.UInt32Value(value=2),
+            retry_host_predicate=[base_pb2.RetryPolicy.RetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()))],
+            host_selection_retry_max_attempts=3))
 
 
 def strip_identity_headers(open_tenant: str = "") -> hcm_pb2.HttpFilter:

@@ -21,17 +21,13 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.rpc import status_pb2
 
 from meshllm.api.auth.v1 import auth_pb2_grpc
+from meshllm.api_key import KeyedStub
 from meshllm.server import MeshServer
 from meshllm.tasks import cancel_and_wait
-from services.auth.accounting import Accounting
-from services.auth.admin import Admin
 from services.auth.config import AuthSettings
-from services.auth.edge_limits import EdgeLimits
 from services.auth.identity_cache import IdentityCache
-from meshllm.api_key import KeyedStub
 from services.auth.dev_tenant import ensure_dev_tenant
-from services.auth.server import (AuthAdminServicer, ExternalAuthorizationServicer,
-                                  RateLimitServicer, UsageServicer)
+from services.auth.server import add_auth_services
 from services.auth.store import open_store
 from services.auth.window_counters import InProcessWindowCounters
 
@@ -99,24 +95,14 @@ def status_in_header(value: str) -> status_pb2.Status:
 @asynccontextmanager
 async def running_auth(database_url: str, *, cache_refresh_seconds: float = 0.25,
                        reservation_seconds: float = 3600.0) -> AsyncIterator[AuthReplica]:
-    settings = AuthSettings(controlplane_address="", metrics_port=-1, host="127.0.0.1", port=0)
+    settings = AuthSettings(controlplane_address="", metrics_port=-1, host="127.0.0.1", port=0,
+                            reservation_seconds=reservation_seconds, limits_fail_open=False)
     store = await open_store(database_url)
     counters = InProcessWindowCounters()
     identities = IdentityCache(store, cache_refresh_seconds)
     following = asyncio.create_task(identities.follow_store())
     server = MeshServer(settings, service="auth")
-    server.add_service(external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
-                       ExternalAuthorizationServicer(identities),
-                       "envoy.service.auth.v3.Authorization")
-    server.add_service(rls_pb2_grpc.add_RateLimitServiceServicer_to_server,
-                       RateLimitServicer(EdgeLimits(counters, identities, fail_open=False)),
-                       "envoy.service.ratelimit.v3.RateLimitService")
-    server.add_service(auth_pb2_grpc.add_UsageServiceServicer_to_server,
-                       UsageServicer(Accounting(store, counters, identities, reservation_seconds,
-                                                limits_fail_open=False)),
-                       "meshllm.auth.v1.UsageService")
-    server.add_service(auth_pb2_grpc.add_AuthServiceServicer_to_server,
-                       AuthAdminServicer(Admin(store), identities), "meshllm.auth.v1.AuthService")
+    add_auth_services(server, store, counters, identities, settings)
     try:
         with tempfile.TemporaryDirectory() as keys:
             admin_key = await ensure_dev_tenant(store, Path(keys) / "admin-key")
