@@ -7,26 +7,29 @@ real store, in-process counters and the identity cache following the store's rev
 
 Two replicas on one database URL are two auth replicas sharing a store."""
 import asyncio
-import tempfile
-from pathlib import Path
 import base64
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import (
+    attribute_context_pb2,
+    external_auth_pb2,
+    external_auth_pb2_grpc,
+)
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.rpc import status_pb2
-
 from meshllm.api.auth.v1 import auth_pb2_grpc
 from meshllm.api_key import KeyedStub
 from meshllm.server import MeshServer
 from meshllm.tasks import cancel_and_wait
 from services.auth.config import AuthSettings
-from services.auth.identity_cache import IdentityCache
 from services.auth.dev_tenant import ensure_dev_tenant
+from services.auth.identity_cache import IdentityCache
 from services.auth.server import add_auth_services
 from services.auth.store import open_store
 from services.auth.window_counters import InProcessWindowCounters

@@ -4,8 +4,8 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from services.auth.store import open_store
+from tests.integration.auth.auth_server import running_auth
 from tests.postgres_server import running_postgres
 
 _database_numbers = itertools.count()
@@ -56,3 +56,14 @@ async def other_store(database_url, clock):
     store = await open_store(database_url, clock=clock)
     yield store
     await store.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'auth.db'}"
+
+
+@pytest.fixture
+async def auth(sqlite_url):
+    async with running_auth(sqlite_url) as replica:
+        yield replica
