@@ -54,13 +54,6 @@ async def mesh(request, tmp_path_factory):
         yield mesh
 
 
-@pytest.fixture(scope="module")
-async def client(mesh):
-    client = TenantClient(mesh)
-    yield client
-    await client.close()
-
-
 def forged_identity(tenant_id: str) -> tuple[tuple[str, str | bytes], ...]:
     """Every header ext_authz sets, as a client would forge them: another tenant, and a policy
     that allows everything."""

@@ -11,7 +11,7 @@ from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.auth.v1 import auth_pb2
 from meshllm.api.inference.v1 import inference_pb2
 from services.router.metering import prompt_token_bound
-from tests.integration.mesh.tenant_client import (TenantClient, auth_rpcs_by_replica, reason,
+from tests.integration.mesh.tenant_client import (auth_rpcs_by_replica, reason,
                                                   refusal)
 from tests.redis_server import running_redis_server
 from tests.status_details import error_details
@@ -36,13 +36,6 @@ async def mesh(redis, tmp_path_factory):
                         ("MESHLLM_GENERATION_SIM_INTER_TOKEN_LATENCY_SECONDS", "0.005"))))
     async with mesh.running(generation_replicas=1):
         yield mesh
-
-
-@pytest.fixture(scope="module")
-async def client(mesh):
-    client = TenantClient(mesh)
-    yield client
-    await client.close()
 
 
 async def admitted(calls) -> tuple[int, list[grpc.aio.AioRpcError]]:
