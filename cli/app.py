@@ -6,8 +6,9 @@ from typing import Annotated
 import grpc
 import typer
 
-from cli import admin_keys, admin_policy, admin_tenants, admin_usage
-from cli.connection import DEFAULT_ENDPOINT, DEV_KEY_FILE, ENDPOINT_ENV, Connection
+from cli import admin_keys, admin_policy, admin_tenants, admin_usage, scaling
+from cli.connection import (CONTROLPLANE_ENV, DEFAULT_CONTROLPLANE, DEFAULT_ENDPOINT,
+                            DEV_KEY_FILE, ENDPOINT_ENV, Connection)
 from cli.errors import BAD_INPUT_EXIT, CALL_FAILED_EXIT, InputError, call_error_line, one_line
 from meshllm.api_key import API_KEY_ENV
 
@@ -21,6 +22,8 @@ admin.add_typer(admin_keys.app, name="keys")
 admin.add_typer(admin_policy.app, name="policy")
 admin.command("usage")(admin_usage.usage)
 app.add_typer(admin, name="admin")
+app.command("status")(scaling.status)
+app.command("scale")(scaling.scale)
 
 
 @app.callback()
@@ -34,8 +37,13 @@ def connect(ctx: typer.Context,
                      "the local mesh's admin key).")] = None,
             tls: Annotated[bool, typer.Option(
                 "--tls", help="The endpoint speaks TLS (system root certificates).")
-            ] = False) -> None:
-    ctx.obj = Connection(endpoint, api_key, tls)
+            ] = False,
+            controlplane: Annotated[str, typer.Option(
+                envvar=CONTROLPLANE_ENV, metavar="HOST:PORT",
+                help="The control plane's own gRPC port (not the public endpoint), for "
+                     "`status` and `scale`; plaintext, no key.")
+            ] = DEFAULT_CONTROLPLANE) -> None:
+    ctx.obj = Connection(endpoint, api_key, tls, controlplane)
     ctx.call_on_close(ctx.obj.close)
 
 

@@ -1,4 +1,5 @@
-"""Where the CLI's calls go and the key they carry: --endpoint, --api-key, --tls."""
+"""Where the CLI's calls go and the key they carry: --endpoint, --api-key, --tls for the public
+endpoint, --controlplane for the control plane's own operator RPCs."""
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -7,13 +8,17 @@ import typer
 
 from cli.errors import InputError
 from meshllm.api.auth.v1 import auth_pb2_grpc
+from meshllm.api.controlplane.v1 import scaling_pb2_grpc
 from meshllm.api_key import bearer
 
 DEFAULT_ENDPOINT = "localhost:8080"
 ENDPOINT_ENV = "MESHLLM_ENDPOINT"
+# The control plane's registry and scaling port, where `make up` runs it; not behind Envoy.
+DEFAULT_CONTROLPLANE = "localhost:18000"
+CONTROLPLANE_ENV = "MESHLLM_CONTROLPLANE_ADDRESS"
 # Where `make up` keeps the local mesh's admin key, relative to the repository it runs in.
 DEV_KEY_FILE = Path(".meshllm") / "run" / "dev-api-key"
-# Admin calls are small; a mesh that has not answered by then is not going to.
+# Operator calls are small; a mesh that has not answered by then is not going to.
 CALL_TIMEOUT_SECONDS = 15.0
 
 
@@ -34,12 +39,12 @@ def resolve_api_key(given: str | None, dev_key_file: Path = DEV_KEY_FILE) -> str
     return key
 
 
-class KeyedCalls:
-    """A synchronous stub whose every call carries the API key and a deadline."""
+class DeadlinedCalls:
+    """A synchronous stub whose every call carries a deadline and the metadata given."""
 
-    def __init__(self, stub, api_key: str):
+    def __init__(self, stub, metadata: tuple[tuple[str, str], ...] = ()):
         self._stub = stub
-        self._metadata = bearer(api_key)
+        self._metadata = metadata
 
     def __getattr__(self, method: str):
         call = getattr(self._stub, method)
@@ -55,7 +60,9 @@ class Connection:
     endpoint: str
     api_key: str | None
     tls: bool
+    controlplane: str = DEFAULT_CONTROLPLANE
     _channel: grpc.Channel | None = field(default=None, repr=False)
+    _controlplane_channel: grpc.Channel | None = field(default=None, repr=False)
 
     def _open(self) -> grpc.Channel:
         if self._channel is None:
@@ -64,17 +71,30 @@ class Connection:
                 if self.tls else grpc.insecure_channel(self.endpoint))
         return self._channel
 
-    def admin(self) -> KeyedCalls:
+    def admin(self) -> DeadlinedCalls:
         """meshllm.auth.v1.AuthService, the admin API."""
         key = resolve_api_key(self.api_key)
-        return KeyedCalls(auth_pb2_grpc.AuthServiceStub(self._open()), key)
+        return DeadlinedCalls(auth_pb2_grpc.AuthServiceStub(self._open()), bearer(key))
+
+    def scaling(self) -> DeadlinedCalls:
+        """meshllm.controlplane.v1.ScalingService. The control plane's port is not public:
+        plaintext and no key, like the replicas' own registrations on it."""
+        if self._controlplane_channel is None:
+            self._controlplane_channel = grpc.insecure_channel(self.controlplane)
+        return DeadlinedCalls(scaling_pb2_grpc.ScalingServiceStub(self._controlplane_channel))
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        for channel in (self._channel, self._controlplane_channel):
+            if channel is not None:
+                channel.close()
+        self._channel = self._controlplane_channel = None
 
 
-def admin_api(ctx: typer.Context) -> KeyedCalls:
+def admin_api(ctx: typer.Context) -> DeadlinedCalls:
     """The admin API of the mesh the command line points at."""
     return ctx.find_object(Connection).admin()
+
+
+def scaling_api(ctx: typer.Context) -> DeadlinedCalls:
+    """The scaling API of the control plane the command line points at."""
+    return ctx.find_object(Connection).scaling()

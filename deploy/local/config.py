@@ -27,13 +27,19 @@ class LocalMeshSettings(BaseSettings):
     """The auth store; empty is SQLite under .meshllm/run (tenants and keys kept across runs)."""
     redis_url: str = Field(default="", validation_alias=AliasChoices("MESHLLM_REDIS_URL"))
     """Rate-limit counters shared by the auth replicas; empty keeps them in each replica."""
+    autoscale: bool = True
+    """After the start, the control plane's autoscaler decides how many generation replicas
+    run (docs/scaling.md); false keeps `generation_replicas` running."""
+    scaling_config: str = ""
+    """The autoscaler's settings file; empty: services/controlplane/scaling.toml."""
 
     def options(self) -> MeshOptions:
         return MeshOptions(
             ports=MeshPorts(controlplane=self.controlplane_port, public=self.public_port,
                             mesh=self.mesh_port, admin=self.admin_port),
             engine=self.engine, model=self.model, auth_replicas=self.auth_replicas,
-            database_url=self.database_url, redis_url=self.redis_url, mesh_cpus=self.mesh_cpus)
+            database_url=self.database_url, redis_url=self.redis_url, mesh_cpus=self.mesh_cpus,
+            autoscale=self.autoscale, scaling_config=self.scaling_config)
 
 
 def port_setting(port_name: str) -> str:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.local.autoscaled_pool import AutoscaledPool
 from deploy.local.cpu_layout import cpu_layout
 from deploy.local.envoy_admin import envoy_is_ready, healthy_endpoints
 from deploy.local.supervisor import ManagedProcess, Supervisor
@@ -17,6 +18,7 @@ from services.controlplane.bootstrap import render_bootstrap
 from services.controlplane.envoy_binary import envoy_binary_path
 from services.auth.dev_tenant import ensure_dev_tenant
 from services.auth.store import open_store
+from meshllm.tasks import cancel_and_wait
 from services.generation.config import TINY_MODEL_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,10 +58,16 @@ class MeshOptions:
     redis_url: str = ""
     """Shared rate-limit counters; empty keeps them in each auth replica."""
     auth_env: tuple[tuple[str, str], ...] = ()
+    router_env: tuple[tuple[str, str], ...] = ()
     open_tenant: str = ""
     """Public inference calls need no key and belong to this tenant (benchmarks)."""
     mesh_cpus: int = 1
     """With vLLM on CPU: cores kept for every process but the engine's worker (cpu_layout)."""
+    autoscale: bool = False
+    """The autoscaler decides how many generation replicas run (from 0 up), not `start`'s
+    count; routers hold calls for a pool at zero while a replica starts."""
+    scaling_config: str = ""
+    """The autoscaler's TOML settings; empty: services/controlplane/scaling.toml."""
 
     def auth_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.workdir / 'auth.db'}"
@@ -79,6 +87,7 @@ class LocalMesh:
         self.cpu_layout = cpu_layout(options.engine, options.mesh_cpus)
         self._replica_ids = (f"generation-{n}" for n in itertools.count(1))
         self._auth_ids = (f"auth-{n}" for n in itertools.count(1))
+        self._autoscaling: asyncio.Task | None = None
 
     def _python(self, name: str, module: str, env: dict[str, str]) -> ManagedProcess:
         return ManagedProcess(name, [sys.executable, "-m", module], env=env,
@@ -105,6 +114,8 @@ class LocalMesh:
             *(self.add_generation_replica() for _ in range(generation_replicas)))
         await self.wait_until_routed(
             [self.router, *self.auth.values(), *self.generation.values()])
+        if self.options.autoscale:
+            await self.start_autoscaled_pool()
 
     @property
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -167,6 +178,8 @@ class LocalMesh:
                 "MESHLLM_CONTROLPLANE_PUBLIC_PORT": str(ports.public),
                 "MESHLLM_CONTROLPLANE_MESH_PORT": str(ports.mesh),
                 "MESHLLM_CONTROLPLANE_OPEN_TENANT": self.options.open_tenant,
+                "MESHLLM_CONTROLPLANE_AUTOSCALING": str(self.options.autoscale).lower(),
+                "MESHLLM_CONTROLPLANE_SCALING_CONFIG": self.options.scaling_config,
             }), timeout=60)
         return self.controlplane
 
@@ -190,10 +203,17 @@ class LocalMesh:
             "MESHLLM_ROUTER_HOST": host,
             "MESHLLM_ROUTER_MESH_ADDRESS": f"{host}:{ports.mesh}",
             "MESHLLM_ROUTER_CONTROLPLANE_ADDRESS": f"{host}:{ports.controlplane}",
+            **dict(self.options.router_env),
         }), timeout=60)
         return self.router
 
     async def add_generation_replica(self, replica_id: str | None = None) -> ManagedProcess:
+        process = self.generation_replica(replica_id)
+        await self.supervisor.start(process, timeout=300)
+        return process
+
+    def generation_replica(self, replica_id: str | None = None) -> ManagedProcess:
+        """A generation replica, listed in `generation` but not started yet."""
         replica_id = replica_id or next(self._replica_ids)
         ports, host = self.options.ports, self.options.host
         process = self._python(replica_id, "services.generation", {
@@ -208,8 +228,18 @@ class LocalMesh:
         if self.cpu_layout:
             process.cpus = self.cpu_layout.engine
         self.generation[replica_id] = process
-        await self.supervisor.start(process, timeout=300)
         return process
 
+    async def start_autoscaled_pool(self) -> None:
+        """From now on the autoscaler decides how many generation replicas run."""
+        ports, host = self.options.ports, self.options.host
+        pool = AutoscaledPool(
+            f"{host}:{ports.controlplane}", self.generation, self.generation_replica,
+            start=lambda process: self.supervisor.start(process, timeout=300),
+            stop=self.supervisor.stop)
+        self._autoscaling = asyncio.create_task(pool.run(), name="autoscaled-pool")
+
     async def stop(self) -> None:
+        if self._autoscaling is not None:
+            await cancel_and_wait(self._autoscaling)
         await self.supervisor.stop_all()

@@ -116,6 +116,12 @@ class Supervisor:
         self.processes.append(process)
         return await process.start(timeout)
 
+    async def stop(self, process: ManagedProcess, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stops one process (it drains first) and forgets it."""
+        await process.stop(grace)
+        if process in self.processes:
+            self.processes.remove(process)
+
     async def stop_all(self, grace: float = STOP_GRACE_SECONDS) -> None:
         for process in reversed(self.processes):
             await process.stop(grace)

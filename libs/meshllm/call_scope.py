@@ -17,6 +17,16 @@ from meshllm.tracing import current_trace_id, extract_context
 _tracer = trace.get_tracer("meshllm.grpc")
 
 
+class _CallsInFlight:
+    count = 0
+
+
+def calls_in_flight() -> int:
+    """Calls this process is serving now (health checks and reflection aside): the demand
+    its heartbeat reports to the autoscaler."""
+    return _CallsInFlight.count
+
+
 def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
     if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
         return "CANCELLED"
@@ -38,6 +48,7 @@ class CallScope:
         self._parent = extract_context(metadata)
 
     def __enter__(self) -> "CallScope":
+        _CallsInFlight.count += 1
         self.started = time.perf_counter()
         self._token = otel_context.attach(self._parent)
         self.span = _tracer.start_span(self.method.lstrip("/"), kind=SpanKind.SERVER)
@@ -49,6 +60,7 @@ class CallScope:
         return self
 
     def __exit__(self, exc_type, error, tb):
+        _CallsInFlight.count -= 1
         code = _code_of(self.context, error)
         RPCS_HANDLED.labels(self.method, code).inc()
         RPC_SECONDS.labels(self.method).observe(time.perf_counter() - self.started)

@@ -13,11 +13,13 @@ asyncio code (STYLE: threads only where needed, in one place).
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Mapping
 
 import grpc
 from google.protobuf import duration_pb2
 
 from meshllm.api.controlplane.v1 import registry_pb2, registry_pb2_grpc
+from meshllm.call_scope import calls_in_flight
 from meshllm.channels import RECONNECT_OPTIONS
 from meshllm.logging import get_logger
 from meshllm.supervised_thread import DeathHandler, SupervisedThread
@@ -49,12 +51,15 @@ class ReplicaRegistration:
     """
 
     def __init__(self, controlplane_address: str, replica: registry_pb2.Replica,
-                 retry_seconds: float = 0.2, on_renewal_died: DeathHandler | None = None):
+                 retry_seconds: float = 0.2, on_renewal_died: DeathHandler | None = None,
+                 held_calls: Callable[[], Mapping[str, int]] | None = None):
         self._address = controlplane_address
         self.replica = replica
         self._retry_seconds = retry_seconds
         self._on_renewal_died = on_renewal_died
+        self._held_calls = held_calls
         self._stopping = threading.Event()
+        self._wake = threading.Event()
         self._channel: grpc.Channel | None = None
         self._stub: registry_pb2_grpc.RegistryServiceStub | None = None
         self._renewal: SupervisedThread | None = None
@@ -82,10 +87,23 @@ class ReplicaRegistration:
             loop=asyncio.get_running_loop(), on_died=self._on_renewal_died)
         self._renewal.start()
 
+    def report_now(self) -> None:
+        """Sends the next heartbeat (and the demand it reports) at once rather than on time:
+        a router that starts holding calls for a pool at zero tells the autoscaler now."""
+        self._wake.set()
+
+    def _demand(self) -> registry_pb2.HeartbeatRequest:
+        request = registry_pb2.HeartbeatRequest(replica_id=self.replica.replica_id,
+                                                in_flight=calls_in_flight())
+        if self._held_calls is not None:
+            request.held_calls.update(self._held_calls())
+        return request
+
     async def stop(self) -> None:
         """Stops renewing, then deregisters at once so that no new calls arrive; best effort
         if the registry is gone."""
         self._stopping.set()
+        self._wake.set()
         if self._channel is None:
             return
         # Closing ends a heartbeat or registration in flight at once, so the thread is gone
@@ -137,10 +155,14 @@ class ReplicaRegistration:
             raise
 
     def _renew(self) -> None:
-        request = registry_pb2.HeartbeatRequest(replica_id=self.replica.replica_id)
         failing_since: float | None = None
         wait = self.heartbeat_seconds
-        while not self._stopping.wait(wait):
+        while True:
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            request = self._demand()
             try:
                 # wait_for_ready: while the control plane is away, the call waits for the
                 # channel to reconnect instead of failing at once, so the first heartbeat

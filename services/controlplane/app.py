@@ -4,7 +4,7 @@ import asyncio
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import Counter
 
-from meshllm.api.controlplane.v1 import registry_pb2_grpc
+from meshllm.api.controlplane.v1 import registry_pb2_grpc, scaling_pb2_grpc
 from meshllm.logging import get_logger
 from meshllm.server import MeshServer
 from meshllm.tasks import cancel_and_wait
@@ -13,6 +13,9 @@ from services.controlplane.config import ControlPlaneSettings
 from services.controlplane.lease_clock import StallForgivingClock
 from services.controlplane.publisher import SnapshotPublisher
 from services.controlplane.registry import ReplicaRegistry
+from services.controlplane.scaling import MeshScaling
+from services.controlplane.scaling_config import load_scaling_config
+from services.controlplane.scaling_service import ScalingServicer
 from services.controlplane.server import AggregatedDiscoveryServicer, RegistryServicer
 from services.controlplane.snapshot import SnapshotCache, build_snapshot
 
@@ -44,24 +47,41 @@ class ControlPlane:
         self.publisher = SnapshotPublisher(
             self.registry, self.cache,
             build=lambda replicas, pools: build_snapshot(replicas, layout, pools))
+        self.scaling = MeshScaling(self.registry,
+                                   load_scaling_config(settings.scaling_config or None))
         self.server = MeshServer(settings, service="controlplane")
         self.server.add_service(registry_pb2_grpc.add_RegistryServiceServicer_to_server,
-                                RegistryServicer(self.registry),
+                                RegistryServicer(self.registry, self.scaling,
+                                                 report_pools_at_zero=settings.autoscaling),
                                 "meshllm.controlplane.v1.RegistryService")
+        self.server.add_service(scaling_pb2_grpc.add_ScalingServiceServicer_to_server,
+                                ScalingServicer(self.scaling),
+                                "meshllm.controlplane.v1.ScalingService")
         self.server.add_service(ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server,
                                 AggregatedDiscoveryServicer(self.cache, callbacks),
                                 "envoy.service.discovery.v3.AggregatedDiscoveryService")
         self._publishing: asyncio.Task | None = None
+        self._scaling: asyncio.Task | None = None
 
     async def start(self) -> int:
         """Serves and returns the bound port; the re-registration grace starts now."""
         self.cache.hold_until = asyncio.get_running_loop().time() + self.settings.eds_grace
         self._publishing = asyncio.create_task(self.publisher.run(), name="snapshot-publisher")
+        self._scaling = asyncio.create_task(self._scale_forever(), name="autoscaler")
         return await self.server.start()
+
+    async def _scale_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.scaling_tick_seconds)
+            try:
+                self.scaling.tick()
+            except Exception:  # a bad decision must not stop the next ones
+                log.exception("scaling_tick_failed")
 
     async def stop(self) -> None:
         # ADS streams never end by themselves; Envoy keeps its last config and reconnects,
         # so waiting the full drain grace for them would only delay the exit.
         await self.server.drain(grace_seconds=min(self.settings.drain_grace_seconds, 1.0))
-        if self._publishing is not None:
-            await cancel_and_wait(self._publishing)
+        for task in (self._publishing, self._scaling):
+            if task is not None:
+                await cancel_and_wait(task)

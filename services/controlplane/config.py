@@ -59,6 +59,16 @@ class ControlPlaneSettings(ServiceSettings):
     needs an admin key. For a private single-tenant endpoint, or to measure auth's own cost
     (make bench); never on a shared endpoint."""
 
+    scaling_config: str = ""
+    """The autoscaler's settings per service and pool (a TOML file); empty: the embedded
+    services/controlplane/scaling.toml."""
+    scaling_tick_seconds: float = 0.5
+    """How often the autoscaler samples demand and decides."""
+    autoscaling: bool = False
+    """Whether something acts on the autoscaler's decisions (the local supervisor of `make
+    up`, or KEDA): only then are pools at zero reported, so that routers hold calls for them
+    while a replica starts. Decisions are computed and shown either way."""
+
     @property
     def eds_grace(self) -> float:
         if self.eds_grace_seconds is None:

@@ -10,7 +10,9 @@ from grpc_status import rpc_status
 from meshllm.api.controlplane.v1 import registry_pb2, registry_pb2_grpc
 from meshllm.protos import duration
 from services.controlplane.ads import AdsCallbacks, serve_stream
-from services.controlplane.registry import InvalidReplica, Replica, ReplicaRegistry
+from services.controlplane.registry import (GENERATION_SERVICE, InvalidReplica, Replica,
+                                            ReplicaRegistry)
+from services.controlplane.scaling import MeshScaling
 from services.controlplane.snapshot import SnapshotCache
 
 
@@ -39,8 +41,11 @@ async def _abort_invalid(context: grpc.aio.ServicerContext, error: InvalidReplic
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: ReplicaRegistry):
+    def __init__(self, registry: ReplicaRegistry, scaling: MeshScaling | None = None,
+                 report_pools_at_zero: bool = False):
         self._registry = registry
+        self._scaling = scaling
+        self._report_pools_at_zero = report_pools_at_zero
 
     async def RegisterReplica(self, request, context):
         try:
@@ -57,6 +62,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"replica {request.replica_id!r} has no lease (it expired or was never "
                 "registered): lease expired, register again")
+        if self._scaling is not None:
+            self._scaling.report(request.replica_id, request.in_flight, request.held_calls)
         return registry_pb2.HeartbeatResponse(lease_ttl=duration(self._registry.lease_ttl))
 
     async def DeregisterReplica(self, request, context):
@@ -67,8 +74,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListReplicas(self, request, context):
         # What Envoy balances over, so the router's view of the models matches its routes.
         replicas = self._registry.routable(service=request.service, model=request.model)
-        return registry_pb2.ListReplicasResponse(
+        response = registry_pb2.ListReplicasResponse(
             replicas=[replica_to_proto(r) for r in replicas])
+        # Only where something starts replicas for them: a call held for a pool nobody starts
+        # would wait for nothing.
+        if self._report_pools_at_zero and self._scaling is not None \
+                and request.service in ("", GENERATION_SERVICE):
+            response.models_at_zero.extend(
+                model for model in self._scaling.models_at_zero()
+                if not request.model or model == request.model)
+        return response
 
 
 class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):

@@ -39,6 +39,7 @@ def build_engine(settings: GenerationSettings) -> Engine:
             time_to_first_token=settings.sim_time_to_first_token_seconds,
             inter_token_latency=settings.sim_inter_token_latency_seconds,
             max_running_requests=settings.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS,
+            load_seconds=settings.sim_load_seconds,
         )
     from services.generation.vllm_engine import VllmEngine
 

@@ -56,6 +56,8 @@ class GenerationSettings(ServiceSettings):
     """vLLM's own stream_interval: tokens the engine gathers before it emits an output."""
     sim_time_to_first_token_seconds: float = 0.05
     sim_inter_token_latency_seconds: float = 0.01
+    sim_load_seconds: float = 0.0
+    """How long the sim engine takes to start, as loading a model would: cold starts."""
 
     def model_name(self) -> str:
         if self.served_model_name:

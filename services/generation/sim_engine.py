@@ -63,8 +63,10 @@ class SimEngine:
         inter_token_latency: float = 0.01,
         kv_cache_tokens: int = 16384,
         max_running_requests: int = DEFAULT_MAX_RUNNING_REQUESTS,
+        load_seconds: float = 0.0,
     ) -> None:
         self._model_name = model_name
+        self._load_seconds = load_seconds
         self._max_context_tokens = max_context_tokens
         self._ttft = time_to_first_token
         self._itl = inter_token_latency
@@ -89,7 +91,8 @@ class SimEngine:
         return self._max_running
 
     async def start(self) -> None:
-        return None
+        # What loading weights costs a real engine, so that cold starts can be measured.
+        await asyncio.sleep(self._load_seconds)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
         clock = GenerationClock()

@@ -13,6 +13,7 @@ from services.router.model_catalog import ModelCatalog
 from services.router.pipeline import Pipeline
 from services.router.server import InferenceServicer
 from services.router.checks import ChooseModel, check_request, check_tenant_policy
+from services.router.cold_start import ColdStartHold
 from services.router.metering import Metering, Settlements
 
 
@@ -26,10 +27,18 @@ async def main(settings: RouterSettings) -> None:
     # the request id and trace for them.
     accounting = mesh_channel(settings.mesh_address)
     settlements = Settlements(accounting)
+    registration: ReplicaRegistration | None = None
+
+    def report_held_calls_now() -> None:
+        if registration is not None:
+            registration.report_now()
+
+    hold = ColdStartHold(catalog, settings.max_held_calls_per_pool,
+                         settings.waiting_event_seconds, on_first_held=report_held_calls_now)
     pipeline = Pipeline(
         checks=[check_request, ChooseModel(catalog, settings.default_model),
                 check_tenant_policy],
-        stream_stages=[Metering(accounting, settlements)],
+        stream_stages=[hold, Metering(accounting, settlements)],
         last=GenerationClient(mesh))
     server = MeshServer(settings, service="router")
     server.add_service(inference_pb2_grpc.add_InferenceServiceServicer_to_server,
@@ -39,7 +48,7 @@ async def main(settings: RouterSettings) -> None:
     registration = ReplicaRegistration(settings.controlplane_address, registry_pb2.Replica(
         replica_id=settings.replica_id or f"router-{settings.host}-{port}",
         service="router", host=settings.host, port=port),
-        on_renewal_died=server.set_not_serving)
+        on_renewal_died=server.set_not_serving, held_calls=hold.held_calls)
     await registration.start()
     print(f"READY port={port}", flush=True)
     await server.wait_for_shutdown_signal()

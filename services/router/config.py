@@ -18,3 +18,7 @@ class RouterSettings(ServiceSettings):
     restarted lists nothing until replicas re-register); longer than a lease TTL."""
     replica_id: str = ""
     """Id to register under; empty makes one from host and port."""
+    max_held_calls_per_pool: int = 20
+    """Calls held per model while its pool starts from zero; more get RESOURCE_EXHAUSTED."""
+    waiting_event_seconds: float = 2.0
+    """How often a held call's stream repeats its waiting event."""

@@ -72,9 +72,12 @@ class GenerationClient:
                     started = generation_pb2.GenerateResponse.FromString(raw).started
                     replica = call.replica = started.replica_id
                     call.prompt_tokens = started.prompt_tokens
-                    yield inference_pb2.GenerateResponse(started=inference_pb2.StartedEvent(
+                    started = inference_pb2.StartedEvent(
                         request_id=call.request_id, model=model, replica=replica,
-                        route_reason=call.model.reason))
+                        route_reason=call.model.reason)
+                    if call.cold_start is not None:
+                        started.cold_start.CopyFrom(duration(call.cold_start))
+                    yield inference_pb2.GenerateResponse(started=started)
                 elif tag == FINISHED_TAG:
                     finished = True
                     upstream = generation_pb2.GenerateResponse.FromString(raw).finished

@@ -9,11 +9,16 @@ from meshllm.api.controlplane.v1 import registry_pb2, registry_pb2_grpc
 from services.router.model_choice import ModelPool
 
 
-def pools_from_replicas(replicas) -> dict[str, ModelPool]:
-    """Groups generation replicas by model; a pool's context is its smallest replica's."""
-    pools: dict[str, ModelPool] = {}
+def pools_from_replicas(replicas, models_at_zero=()) -> dict[str, ModelPool]:
+    """Groups generation replicas by model; a pool's context is its smallest replica's. The
+    pools the autoscaler has at zero are listed too, with no replica and no known context."""
+    pools: dict[str, ModelPool] = {
+        model: ModelPool(name=model, ready_replicas=0, max_context_tokens=0, at_zero=True)
+        for model in models_at_zero}
     for replica in replicas:
         known = pools.get(replica.model)
+        if known is not None and known.at_zero:
+            known = None
         pools[replica.model] = ModelPool(
             name=replica.model,
             ready_replicas=(known.ready_replicas if known else 0) + 1,
@@ -53,22 +58,25 @@ class ModelCatalog:
         self._fetched_at = float("-inf")
         self._refreshing = asyncio.Lock()
 
-    async def pools(self) -> dict[str, ModelPool]:
-        if self._fresh():
+    async def pools(self, max_age: float | None = None) -> dict[str, ModelPool]:
+        """The pools, from an answer at most `max_age` (default: refresh_seconds) old."""
+        max_age = self._refresh_seconds if max_age is None else max_age
+        if self._fresh(max_age):
             return self._pools
         async with self._refreshing:  # one registry call per refresh, however many requests wait
-            if not self._fresh():
+            if not self._fresh(max_age):
                 await self._refresh()
         return self._pools
 
-    def _fresh(self) -> bool:
-        return time.monotonic() - self._fetched_at < self._refresh_seconds
+    def _fresh(self, max_age: float) -> bool:
+        return time.monotonic() - self._fetched_at < max_age
 
     async def _refresh(self) -> None:
         try:
             reply = await self._stub.ListReplicas(
                 registry_pb2.ListReplicasRequest(service="generation"), timeout=1)
-            self._pools = keep_recent_pools(self._pools, pools_from_replicas(reply.replicas),
+            fresh = pools_from_replicas(reply.replicas, reply.models_at_zero)
+            self._pools = keep_recent_pools(self._pools, fresh,
                                             self._last_seen, time.monotonic(), self._forget_after)
         except grpc.aio.AioRpcError:
             pass  # keep the last answer; ask again after the next refresh interval, not sooner

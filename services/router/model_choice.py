@@ -8,11 +8,14 @@ from services.router.errors import RequestRejected
 
 @dataclass(frozen=True)
 class ModelPool:
-    """A model the registry has replicas for."""
+    """A model the registry has replicas for, or one the autoscaler has at zero."""
 
     name: str
     ready_replicas: int
     max_context_tokens: int
+    at_zero: bool = False
+    """No replica now, and one starts on demand: a call waits for it (services/router/
+    cold_start.py)."""
 
 
 @dataclass(frozen=True)

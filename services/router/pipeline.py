@@ -33,6 +33,8 @@ class GenerationCall:
     replica: str = ""
     prompt_tokens: int = 0
     """Known once the replica started the generation."""
+    cold_start: float | None = None
+    """Seconds the call waited for its pool to start a replica; None when one was ready."""
 
 
 Check = Callable[[GenerationCall], Awaitable[None]]

@@ -1,0 +1,150 @@
+"""Calls for a pool at zero: held while the autoscaler starts a replica, and told so.
+
+A pool the autoscaler scaled to zero has no endpoint, so Envoy could only refuse the call.
+The router holds it instead, bounded per pool, within the call's deadline, and the stream
+says at once that it waits and why (a waiting event), again every few seconds with the time
+waited; the started event then carries the cold start's length. The held calls count as
+demand for the pool: the router reports them with its heartbeat (at once for the first
+one), which is how the autoscaler learns that a pool at zero is wanted.
+
+When a replica is up, the held calls are let go no faster than it admits them: at most
+`release_per_replica` per ready replica at a time, the next one when an earlier one has its
+started event (the replica took it) or ended. A new replica admits only so many calls at
+once; the rest would bounce off its admission cap (RESOURCE_EXHAUSTED) together."""
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import grpc
+from google.protobuf import duration_pb2
+
+from meshllm.api.inference.v1 import inference_pb2
+from services.router.errors import RequestRejected
+from services.router.model_catalog import ModelCatalog
+from services.router.pipeline import Events, GenerationCall, Next
+
+_DEADLINE_MARGIN_SECONDS = 0.1
+"""Refuse this long before the caller's deadline, so that it reads why, not its own timeout."""
+
+
+def waiting_event(waited: float) -> inference_pb2.GenerateResponse:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(waited * 1e9))
+    return inference_pb2.GenerateResponse(waiting=inference_pb2.WaitingEvent(
+        reason=inference_pb2.WAIT_REASON_COLD_START, waited=value,
+        message=f"waiting {waited:.1f} s for a replica of this model to start (the model was "
+                "scaled to zero)"))
+
+
+class ColdStartHold:
+    """The stream stage that holds calls for pools at zero (see the module)."""
+
+    def __init__(self, catalog: ModelCatalog, max_held_per_pool: int = 20,
+                 waiting_event_seconds: float = 2.0, poll_seconds: float = 0.1,
+                 release_per_replica: int = 4, on_first_held: Callable[[], None] = lambda: None):
+        self._catalog = catalog
+        self._max_held = max_held_per_pool
+        self._waiting_event_seconds = waiting_event_seconds
+        self._poll_seconds = poll_seconds
+        self._release_per_replica = release_per_replica
+        self._on_first_held = on_first_held
+        self._held_calls: Counter[str] = Counter()
+        self._released: Counter[str] = Counter()
+        """Held calls let go that have no started event yet, per pool."""
+        self._release_changed = asyncio.Condition()
+
+    def held_calls(self) -> dict[str, int]:
+        """Calls held now, per model: the demand the heartbeat reports."""
+        return {model: count for model, count in self._held_calls.items() if count}
+
+    def __call__(self, call: GenerationCall, next_stage: Next) -> Events:
+        # A pool with replicas (every call but a cold start's) costs no hop per event here.
+        if not call.model.pool.at_zero:
+            return next_stage(call)
+        return self._held_stream(call, next_stage)
+
+    async def _held_stream(self, call: GenerationCall, next_stage: Next) -> Events:
+        model = call.model.pool.name
+        if self._held_calls[model] >= self._max_held:
+            raise RequestRejected(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model {model!r} is starting from zero and {self._held_calls[model]} calls already "
+                "wait for it; retry in a few seconds", reason="COLD_START_QUEUE_FULL",
+                retry_after=self._waiting_event_seconds)
+        began = time.perf_counter()
+        self._held_calls[model] += 1
+        try:
+            if self._held_calls[model] == 1:
+                self._on_first_held()
+            yield waiting_event(0.0)
+            ready = 0
+            while not ready:
+                async for waited in self._wait_for_replica(call, model, began):
+                    yield waiting_event(waited)
+                ready = await self._released_slot(call, model, began)
+        finally:
+            self._held_calls[model] -= 1
+        call.cold_start = time.perf_counter() - began
+        holds_slot = True
+        try:
+            async for event in next_stage(call):
+                if holds_slot and type(event) is not bytes and event.HasField("started"):
+                    holds_slot = False
+                    await self._let_next_go(model)
+                yield event
+        finally:
+            if holds_slot:
+                await self._let_next_go(model)
+
+    async def _wait_for_replica(self, call: GenerationCall, model: str, began: float):
+        """Returns once the pool has a replica; yields the time waited every few seconds."""
+        next_event = began + self._waiting_event_seconds
+        while True:
+            self._check_deadline(call, model, began)
+            pool = (await self._catalog.pools(max_age=self._poll_seconds)).get(model)
+            if pool is not None and pool.ready_replicas and not pool.at_zero:
+                return
+            now = time.perf_counter()
+            if now >= next_event:
+                yield now - began
+                next_event = now + self._waiting_event_seconds
+            await asyncio.sleep(min(self._poll_seconds, self._seconds_left(call)))
+
+    async def _released_slot(self, call: GenerationCall, model: str, began: float) -> int:
+        """Waits for a free release slot; 0 if the pool lost its replicas meanwhile."""
+        async with self._release_changed:
+            while True:
+                pool = (await self._catalog.pools()).get(model)
+                replicas = pool.ready_replicas if pool is not None and not pool.at_zero else 0
+                if not replicas:
+                    return 0
+                if self._released[model] < replicas * self._release_per_replica:
+                    self._released[model] += 1
+                    return replicas
+                self._check_deadline(call, model, began)
+                try:
+                    await asyncio.wait_for(self._release_changed.wait(),
+                                           min(self._poll_seconds, self._seconds_left(call)))
+                except TimeoutError:
+                    pass
+
+    async def _let_next_go(self, model: str) -> None:
+        self._released[model] -= 1
+        if self._released[model] <= 0:
+            del self._released[model]
+        async with self._release_changed:
+            self._release_changed.notify()
+
+    @staticmethod
+    def _seconds_left(call: GenerationCall) -> float:
+        remaining = call.time_remaining()
+        return float("inf") if remaining is None else max(0.0, remaining - _DEADLINE_MARGIN_SECONDS)
+
+    def _check_deadline(self, call: GenerationCall, model: str, began: float) -> None:
+        if self._seconds_left(call) <= 0:
+            raise RequestRejected(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the call's deadline passed after {time.perf_counter() - began:.1f} s waiting "
+                f"for a replica of model {model!r} to start (the model was scaled to zero); "
+                "retry with a longer deadline", reason="COLD_START_DEADLINE")
