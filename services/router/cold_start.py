@@ -69,8 +69,8 @@ class ColdStartHold:
         if self._held_calls[model] >= self._max_held:
             raise RequestRejected(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"model {model!r} is starting from zero and {self._held_calls[model]} calls already "
-                "wait for it; retry in a few seconds", reason="COLD_START_QUEUE_FULL",
+                f"model {model!r} is starting from zero and {self._held_calls[model]} calls "
+                "already wait for it; retry in a few seconds", reason="COLD_START_QUEUE_FULL",
                 retry_after=self._waiting_event_seconds)
         began = time.perf_counter()
         self._held_calls[model] += 1
@@ -78,11 +78,11 @@ class ColdStartHold:
             if self._held_calls[model] == 1:
                 self._on_first_held()
             yield waiting_event(0.0)
-            ready = 0
-            while not ready:
+            released = False
+            while not released:  # a pool that loses its new replica at once: wait again
                 async for waited in self._wait_for_replica(call, model, began):
                     yield waiting_event(waited)
-                ready = await self._released_slot(call, model, began)
+                released = await self._released_slot(call, model, began)
         finally:
             self._held_calls[model] -= 1
         call.cold_start = time.perf_counter() - began
@@ -111,17 +111,17 @@ class ColdStartHold:
                 next_event = now + self._waiting_event_seconds
             await asyncio.sleep(min(self._poll_seconds, self._seconds_left(call)))
 
-    async def _released_slot(self, call: GenerationCall, model: str, began: float) -> int:
-        """Waits for a free release slot; 0 if the pool lost its replicas meanwhile."""
+    async def _released_slot(self, call: GenerationCall, model: str, began: float) -> bool:
+        """Waits for a free release slot; False if the pool lost its replicas meanwhile."""
         async with self._release_changed:
             while True:
                 pool = (await self._catalog.pools()).get(model)
                 replicas = pool.ready_replicas if pool is not None and not pool.at_zero else 0
                 if not replicas:
-                    return 0
+                    return False
                 if self._released[model] < replicas * self._release_per_replica:
                     self._released[model] += 1
-                    return replicas
+                    return True
                 self._check_deadline(call, model, began)
                 try:
                     await asyncio.wait_for(self._release_changed.wait(),

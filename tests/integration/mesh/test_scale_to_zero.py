@@ -100,7 +100,8 @@ async def test_an_idle_pool_scales_to_zero_and_the_next_call_waits_for_a_cold_st
     assert kinds[-1] == "finished"
     assert events[-1].finished.usage.completion_tokens == 8
     # Waiting events repeat (every 0.5 s here) with the time waited, growing.
-    waits = [e.waiting.waited.ToTimedelta().total_seconds() for e in events if e.HasField("waiting")]
+    waits = [event.waiting.waited.ToTimedelta().total_seconds()
+             for event in events if event.HasField("waiting")]
     assert len(waits) >= 2 and waits == sorted(waits)
     assert len(mesh.generation) == 1
 
