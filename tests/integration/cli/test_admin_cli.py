@@ -1,14 +1,7 @@
 """`meshllm admin` as an operator runs it: `python -m cli` as a real subprocess, against a real
-auth replica in this process (tests/integration/auth/auth_server.py) on a SQLite file.
-
-The replica is served by this test's event loop, so the CLI runs under
-asyncio.create_subprocess_exec: a blocking subprocess.run would stop the loop that answers it."""
-import asyncio
+auth replica in this process (tests/integration/auth/auth_server.py) on a SQLite file."""
 import json
-import os
 import re
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +9,7 @@ from google.protobuf import duration_pb2, json_format
 
 from meshllm.api.auth.v1 import auth_pb2
 from tests.integration.auth.auth_server import running_auth
+from tests.integration.cli.cli_runs import Ran, one_line_error, run_cli, succeeded
 
 SECRET_FORM = re.compile(r"mk_live_[a-z0-9]{12}_\S+")
 POLICY_JSON = {"allowed_models": ["tiny-llama"], "requests_per_minute": 60,
@@ -33,12 +27,6 @@ label_limits:
 """
 
 
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
 
 @pytest.fixture
 async def auth(tmp_path):
@@ -50,31 +38,14 @@ async def auth(tmp_path):
 def meshllm(auth, tmp_path):
     """Runs `meshllm <args>` in tmp_path, pointed at the replica with its admin key."""
     async def run(*args: str, api_key: str | None = auth.admin_key) -> Ran:
-        env = {name: value for name, value in os.environ.items()
-               if name not in ("MESHLLM_API_KEY", "MESHLLM_ENDPOINT")}
-        env |= {"MESHLLM_ENDPOINT": f"127.0.0.1:{auth.port}", "COLUMNS": "200"}
+        env = {"MESHLLM_ENDPOINT": f"127.0.0.1:{auth.port}"}
         if api_key is not None:
             env["MESHLLM_API_KEY"] = api_key
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", *args, cwd=tmp_path, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        async with asyncio.timeout(60):
-            out, err = await process.communicate()
-        return Ran(process.returncode, out.decode(), err.decode())
+        return await run_cli(args, tmp_path, env,
+                             drop_env=("MESHLLM_API_KEY", "MESHLLM_ENDPOINT"))
     return run
 
 
-def succeeded(ran: Ran) -> Ran:
-    assert ran.code == 0, f"exit {ran.code}: {ran.err}"
-    return ran
-
-
-def one_line_error(ran: Ran, code: int) -> str:
-    """A failure as the brief promises it: the exit code, one line on stderr, no traceback."""
-    assert ran.code == code, (ran.code, ran.out, ran.err)
-    assert "Traceback" not in ran.err + ran.out
-    assert ran.err.startswith("error: ") and ran.err.count("\n") == 1, ran.err
-    return ran.err.strip()
 
 
 def written(path: Path, text: str) -> Path:

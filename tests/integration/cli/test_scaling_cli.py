@@ -1,14 +1,8 @@
 """`meshllm status` and `meshllm scale` as an operator runs them: `python -m cli` as a real
 subprocess, against a real control plane in this process with a generation replica and a
-router registered through its RegistryService.
-
-The control plane is served by this test's event loop, so the CLI runs under
-asyncio.create_subprocess_exec: a blocking subprocess.run would stop the loop that answers it."""
-import asyncio
+router registered through its RegistryService."""
 import json
 import os
-import sys
-from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -16,6 +10,7 @@ import pytest
 from meshllm.api.controlplane.v1 import registry_pb2, registry_pb2_grpc
 from services.controlplane.app import ControlPlane
 from services.controlplane.config import ControlPlaneSettings
+from tests.integration.cli.cli_runs import Ran, one_line_error, run_cli, succeeded
 
 REPLICAS = (
     registry_pb2.Replica(replica_id="g1", service="generation", model="m1", host="127.0.0.1",
@@ -23,12 +18,6 @@ REPLICAS = (
     registry_pb2.Replica(replica_id="r1", service="router", host="127.0.0.1", port=5001),
 )
 
-
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
 
 
 @pytest.fixture
@@ -53,28 +42,12 @@ async def controlplane():
 def meshllm(controlplane, tmp_path):
     """Runs `meshllm <args>` in tmp_path, pointed at the control plane by its env variable."""
     async def run(*args: str) -> Ran:
-        env = {name: value for name, value in os.environ.items()
-               if not name.startswith("MESHLLM_")}
-        env |= {"MESHLLM_CONTROLPLANE_ADDRESS": f"127.0.0.1:{controlplane}", "COLUMNS": "200"}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", *args, cwd=tmp_path, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        async with asyncio.timeout(60):
-            out, err = await process.communicate()
-        return Ran(process.returncode, out.decode(), err.decode())
+        return await run_cli(args, tmp_path,
+                             {"MESHLLM_CONTROLPLANE_ADDRESS": f"127.0.0.1:{controlplane}"},
+                             drop_env=tuple(n for n in os.environ if n.startswith("MESHLLM_")))
     return run
 
 
-def succeeded(ran: Ran) -> Ran:
-    assert ran.code == 0, f"exit {ran.code}: {ran.err}"
-    return ran
-
-
-def one_line_error(ran: Ran, code: int) -> str:
-    assert ran.code == code, (ran.code, ran.out, ran.err)
-    assert "Traceback" not in ran.err + ran.out
-    assert ran.err.startswith("error: ") and ran.err.count("\n") == 1, ran.err
-    return ran.err.strip()
 
 
 def table_rows(table: str) -> dict[str, list[str]]:
