@@ -5,9 +5,8 @@ supervisor starting generation replicas as the control plane asks.
 
 Each step holds its concurrency for `--step-seconds` (closed loop: every client sends its
 next call as soon as the last one ended) and prints TTFT p50/p99 with the replica counts the
-autoscaler wanted and had at the step's end. Sim replicas "load" for `--load-seconds`, so a
-scale-up costs what a model load would. Router replicas are decided but not started by the
-local supervisor yet (docs/scaling.md): their wanted count is shown, the running one stays 1."""
+autoscaler wanted and had at the step's end, for the generation pool and the routers. Sim
+replicas "load" for `--load-seconds`, so a scale-up costs what a model load would."""
 import argparse
 import asyncio
 import platform
@@ -30,7 +29,7 @@ panic_window_seconds = {panic}
 scale_down_delay_seconds = {stable}
 
 [services.router]
-target_concurrency = 64
+target_concurrency = {router_target}
 
 [pools.default]
 min_replicas = 1
@@ -67,7 +66,7 @@ async def main(args) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-ramp-"))
     (workdir / "scaling.toml").write_text(SCALING.format(
         stable=args.stable_window, panic=args.panic_window, max_replicas=args.max_replicas,
-        target=args.target))
+        target=args.target, router_target=args.router_target))
     mesh = LocalMesh(MeshOptions(
         ports=MeshPorts.free(), engine="sim", workdir=workdir, autoscale=True,
         scaling_config=str(workdir / "scaling.toml"),
@@ -95,13 +94,14 @@ async def main(args) -> None:
     print(f"\nmeshllm bench: autoscaling ramp, sim engine (ttft {args.ttft * 1000:.0f} ms, itl "
           f"{args.itl * 1000:.0f} ms, {args.max_tokens} tokens, {args.replica_slots} streams "
           f"per replica, {args.load_seconds:g} s load), pool target {args.target:g} in flight "
-          f"per replica, {args.step_seconds:g} s a step, {platform.machine()}")
+          f"per replica, router target {args.router_target:g}, {args.step_seconds:g} s a step, "
+          f"{platform.machine()}")
     print("| streams | calls | TTFT p50 / p99 ms | generation replicas wanted / ready "
-          "| router replicas wanted / running |")
+          "| router replicas wanted / ready |")
     print("|---|---|---|---|---|")
     for concurrency, calls, p50, p99, generation, router in rows:
         print(f"| {concurrency} | {calls} | {p50:.1f} / {p99:.1f} | {generation[0]} / "
-              f"{generation[1]} | {router[0]} / 1 |")
+              f"{generation[1]} | {router[0]} / {router[1]} |")
 
 
 def parse_args():
@@ -118,6 +118,8 @@ def parse_args():
     parser.add_argument("--target", type=float, default=12.0,
                         help="the pool's target concurrency per replica")
     parser.add_argument("--max-replicas", type=int, default=4)
+    parser.add_argument("--router-target", type=float, default=24.0,
+                        help="calls in flight per router the autoscaler aims at")
     parser.add_argument("--stable-window", type=float, default=10.0)
     parser.add_argument("--panic-window", type=float, default=2.0)
     return parser.parse_args()

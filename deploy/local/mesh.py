@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.local.autoscaled_pool import AutoscaledPool
+from deploy.local.autoscaling import ScaledProcesses, follow_autoscaler
 from deploy.local.cpu_layout import cpu_layout
 from deploy.local.envoy_admin import envoy_is_ready, healthy_endpoints
 from deploy.local.supervisor import ManagedProcess, Supervisor
@@ -59,6 +59,7 @@ class MeshOptions:
     """Shared rate-limit counters; empty keeps them in each auth replica."""
     auth_env: tuple[tuple[str, str], ...] = ()
     router_env: tuple[tuple[str, str], ...] = ()
+    controlplane_env: tuple[tuple[str, str], ...] = ()
     open_tenant: str = ""
     """Public inference calls need no key and belong to this tenant (benchmarks)."""
     mesh_cpus: int = 1
@@ -79,7 +80,7 @@ class LocalMesh:
         self.supervisor = Supervisor()
         self.controlplane: ManagedProcess | None = None
         self.envoy: ManagedProcess | None = None
-        self.router: ManagedProcess | None = None
+        self.routers: dict[str, ManagedProcess] = {}
         self.generation: dict[str, ManagedProcess] = {}
         self.auth: dict[str, ManagedProcess] = {}
         self.api_key = ""
@@ -87,7 +88,13 @@ class LocalMesh:
         self.cpu_layout = cpu_layout(options.engine, options.mesh_cpus)
         self._replica_ids = (f"generation-{n}" for n in itertools.count(1))
         self._auth_ids = (f"auth-{n}" for n in itertools.count(1))
+        self._router_ids = (f"router-{n}" for n in itertools.count(1))
         self._autoscaling: asyncio.Task | None = None
+
+    @property
+    def router(self) -> ManagedProcess | None:
+        """The first router (the one a mesh that does not autoscale runs)."""
+        return next(iter(self.routers.values()), None)
 
     def _python(self, name: str, module: str, env: dict[str, str]) -> ManagedProcess:
         return ManagedProcess(name, [sys.executable, "-m", module], env=env,
@@ -115,7 +122,7 @@ class LocalMesh:
         await self.wait_until_routed(
             [self.router, *self.auth.values(), *self.generation.values()])
         if self.options.autoscale:
-            await self.start_autoscaled_pool()
+            await self.start_autoscaling()
 
     @property
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -130,6 +137,10 @@ class LocalMesh:
             await store.close()
 
     async def add_auth_replica(self) -> ManagedProcess:
+        return await self.supervisor.start(self.auth_replica(), timeout=60)
+
+    def auth_replica(self) -> ManagedProcess:
+        """An auth replica, listed in `auth` but not started yet."""
         replica_id = next(self._auth_ids)
         ports, host = self.options.ports, self.options.host
         process = self._python(replica_id, "services.auth", {
@@ -141,7 +152,6 @@ class LocalMesh:
             **dict(self.options.auth_env),
         })
         self.auth[replica_id] = process
-        await self.supervisor.start(process, timeout=60)
         return process
 
     @asynccontextmanager
@@ -180,6 +190,7 @@ class LocalMesh:
                 "MESHLLM_CONTROLPLANE_OPEN_TENANT": self.options.open_tenant,
                 "MESHLLM_CONTROLPLANE_AUTOSCALING": str(self.options.autoscale).lower(),
                 "MESHLLM_CONTROLPLANE_SCALING_CONFIG": self.options.scaling_config,
+                **dict(self.options.controlplane_env),
             }), timeout=60)
         return self.controlplane
 
@@ -198,14 +209,21 @@ class LocalMesh:
         return self.envoy
 
     async def start_router(self) -> ManagedProcess:
+        return await self.supervisor.start(self.router_replica(), timeout=60)
+
+    def router_replica(self) -> ManagedProcess:
+        """A router, listed in `routers` but not started yet."""
+        replica_id = next(self._router_ids)
         ports, host = self.options.ports, self.options.host
-        self.router = await self.supervisor.start(self._python("router", "services.router", {
+        process = self._python(replica_id, "services.router", {
             "MESHLLM_ROUTER_HOST": host,
+            "MESHLLM_ROUTER_REPLICA_ID": replica_id,
             "MESHLLM_ROUTER_MESH_ADDRESS": f"{host}:{ports.mesh}",
             "MESHLLM_ROUTER_CONTROLPLANE_ADDRESS": f"{host}:{ports.controlplane}",
             **dict(self.options.router_env),
-        }), timeout=60)
-        return self.router
+        })
+        self.routers[replica_id] = process
+        return process
 
     async def add_generation_replica(self, replica_id: str | None = None) -> ManagedProcess:
         process = self.generation_replica(replica_id)
@@ -230,14 +248,20 @@ class LocalMesh:
         self.generation[replica_id] = process
         return process
 
-    async def start_autoscaled_pool(self) -> None:
-        """From now on the autoscaler decides how many generation replicas run."""
+    async def start_autoscaling(self) -> None:
+        """From now on the autoscaler decides how many generation, router and auth replicas
+        run."""
+        def scaled(replicas: dict[str, ManagedProcess], new_replica, start_timeout: float):
+            return ScaledProcesses(
+                replicas, new_replica, stop=self.supervisor.stop,
+                start=lambda process: self.supervisor.start(process, timeout=start_timeout))
+
         ports, host = self.options.ports, self.options.host
-        pool = AutoscaledPool(
-            f"{host}:{ports.controlplane}", self.generation, self.generation_replica,
-            start=lambda process: self.supervisor.start(process, timeout=300),
-            stop=self.supervisor.stop)
-        self._autoscaling = asyncio.create_task(pool.run(), name="autoscaled-pool")
+        services = {"generation": scaled(self.generation, self.generation_replica, 300),
+                    "router": scaled(self.routers, self.router_replica, 60),
+                    "auth": scaled(self.auth, self.auth_replica, 60)}
+        self._autoscaling = asyncio.create_task(
+            follow_autoscaler(f"{host}:{ports.controlplane}", services), name="autoscaling")
 
     async def stop(self) -> None:
         if self._autoscaling is not None:
