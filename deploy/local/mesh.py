@@ -14,6 +14,7 @@ from deploy.local.autoscaling import ScaledProcesses, follow_autoscaler
 from deploy.local.cpu_layout import cpu_layout
 from deploy.local.envoy_admin import envoy_is_ready, healthy_endpoints
 from deploy.local.supervisor import ManagedProcess, Supervisor
+from deploy.local.warm_pool import WarmPool
 from services.controlplane.bootstrap import render_bootstrap
 from services.controlplane.envoy_binary import envoy_binary_path
 from services.auth.dev_tenant import ensure_dev_tenant
@@ -69,6 +70,9 @@ class MeshOptions:
     count; routers hold calls for a pool at zero while a replica starts."""
     scaling_config: str = ""
     """The autoscaler's TOML settings; empty: services/controlplane/scaling.toml."""
+    warm_pool_size: int = 0
+    """With autoscale: generation processes kept with their engine imported, waiting to
+    become the next replica the autoscaler asks for (a shorter cold start)."""
 
     def auth_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.workdir / 'auth.db'}"
@@ -90,6 +94,8 @@ class LocalMesh:
         self._auth_ids = (f"auth-{n}" for n in itertools.count(1))
         self._router_ids = (f"router-{n}" for n in itertools.count(1))
         self._autoscaling: asyncio.Task | None = None
+        self._warm_ids = (f"warm-{n}" for n in itertools.count(1))
+        self.warm_pool: WarmPool | None = None
 
     @property
     def router(self) -> ManagedProcess | None:
@@ -233,6 +239,27 @@ class LocalMesh:
     def generation_replica(self, replica_id: str | None = None) -> ManagedProcess:
         """A generation replica, listed in `generation` but not started yet."""
         replica_id = replica_id or next(self._replica_ids)
+        process = self._generation_process(replica_id)
+        self.generation[replica_id] = process
+        return process
+
+    def warm_generation_process(self) -> ManagedProcess:
+        """A generation process that imports its engine and waits for an assignment."""
+        process = self._generation_process(next(self._warm_ids))
+        process.env["MESHLLM_GENERATION_WARM"] = "true"
+        process.warm = True
+        return process
+
+    async def start_generation_replica(self, process: ManagedProcess) -> ManagedProcess:
+        """Starts `process` (from generation_replica): as a warm process given its
+        assignment when the warm pool has one, else from nothing."""
+        warm = self.warm_pool.take() if self.warm_pool is not None else None
+        if warm is None:
+            return await self.supervisor.start(process, timeout=300)
+        self.generation[process.name] = warm
+        return await warm.assign(process.name, process.env, timeout=300)
+
+    def _generation_process(self, replica_id: str) -> ManagedProcess:
         ports, host = self.options.ports, self.options.host
         process = self._python(replica_id, "services.generation", {
             "MESHLLM_GENERATION_HOST": host,
@@ -245,7 +272,6 @@ class LocalMesh:
         })
         if self.cpu_layout:
             process.cpus = self.cpu_layout.engine
-        self.generation[replica_id] = process
         return process
 
     async def start_autoscaling(self) -> None:
@@ -256,8 +282,15 @@ class LocalMesh:
                 replicas, new_replica, stop=self.supervisor.stop,
                 start=lambda process: self.supervisor.start(process, timeout=start_timeout))
 
+        if self.options.warm_pool_size:
+            self.warm_pool = WarmPool(
+                self.options.warm_pool_size, self.warm_generation_process,
+                start=lambda process: self.supervisor.start(process, timeout=300))
+            self.warm_pool.fill()
         ports, host = self.options.ports, self.options.host
-        services = {"generation": scaled(self.generation, self.generation_replica, 300),
+        services = {"generation": ScaledProcesses(
+                        self.generation, self.generation_replica,
+                        start=self.start_generation_replica, stop=self.supervisor.stop),
                     "router": scaled(self.routers, self.router_replica, 60),
                     "auth": scaled(self.auth, self.auth_replica, 60)}
         self._autoscaling = asyncio.create_task(
@@ -266,4 +299,6 @@ class LocalMesh:
     async def stop(self) -> None:
         if self._autoscaling is not None:
             await cancel_and_wait(self._autoscaling)
+        if self.warm_pool is not None:
+            await self.warm_pool.close()
         await self.supervisor.stop_all()

@@ -1,6 +1,7 @@
 """Runs the mesh's processes on one machine: start in order, wait until each is ready,
 stop them all (process groups, so vLLM's engine-core children go too)."""
 import asyncio
+import json
 import os
 import re
 import signal
@@ -9,6 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 READY_LINE = re.compile(r"READY port=(\d+)")
+WARM_LINE = "WARM"
+"""What a warm generation process prints once it imported its engine (services/generation/
+warm_start.py); it then waits for its assignment on stdin."""
 # Longer than a service's drain grace (MESHLLM_*_DRAIN_GRACE_SECONDS, 20 s) plus engine shutdown.
 STOP_GRACE_SECONDS = 30.0
 OUTPUT_LINE_LIMIT = 1024 * 1024
@@ -28,13 +32,18 @@ class ManagedProcess:
     cpus: tuple[int, ...] = ()
     """Cores the process (and every thread and child it starts) may run on; () is any."""
     port: int = 0
+    warm: bool = False
+    """Started warm: `start` returns at its WARM line; `assign` makes it a replica."""
     process: asyncio.subprocess.Process | None = None
     _pump: asyncio.Task | None = None
+    _ready: asyncio.Future | None = None
+    _warmed: asyncio.Future | None = None
 
     async def start(self, timeout: float) -> "ManagedProcess":
         self.process = await asyncio.create_subprocess_exec(
             *self.argv,
             env={**os.environ, **self.env},
+            stdin=asyncio.subprocess.PIPE if self.warm else None,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
@@ -42,18 +51,32 @@ class ManagedProcess:
             # Set before exec, so that no thread of the new process starts anywhere else.
             preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
         )
-        ready = asyncio.get_running_loop().create_future()
-        self._pump = asyncio.create_task(self._forward_output(ready))
+        loop = asyncio.get_running_loop()
+        self._ready, self._warmed = loop.create_future(), loop.create_future()
+        self._pump = asyncio.create_task(self._forward_output())
         try:
-            if self.ready_probe is None:
-                self.port = await asyncio.wait_for(ready, timeout)
+            if self.warm:
+                await asyncio.wait_for(asyncio.shield(self._warmed), timeout)
+            elif self.ready_probe is None:
+                self.port = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
             else:
                 await asyncio.wait_for(self._probe_until_ready(), timeout)
         except (asyncio.TimeoutError, ProcessExited) as error:
             await self.stop(grace=1)
             raise RuntimeError(f"{self.name} did not become ready: {error!r}") from None
-        finally:
-            ready.cancel()  # nobody waits for it any more
+        return self
+
+    async def assign(self, name: str, env: dict[str, str], timeout: float) -> "ManagedProcess":
+        """Makes a warm process the replica `name` with `env` (on top of its own), and
+        returns once it serves."""
+        self.name, self.env, self.warm = name, {**self.env, **env}, False
+        self.process.stdin.write(json.dumps(self.env).encode() + b"\n")
+        try:
+            await self.process.stdin.drain()
+            self.port = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except (asyncio.TimeoutError, ProcessExited, ConnectionError) as error:
+            await self.stop(grace=1)
+            raise RuntimeError(f"{self.name} did not become ready: {error!r}") from None
         return self
 
     async def _probe_until_ready(self) -> None:
@@ -62,16 +85,20 @@ class ManagedProcess:
                 raise ProcessExited(self.process.returncode)
             await asyncio.sleep(0.1)
 
-    async def _forward_output(self, ready: asyncio.Future) -> None:
-        prefix = f"[{self.name}] ".encode()
+    async def _forward_output(self) -> None:
         while line := await self.process.stdout.readline():
-            sys.stderr.buffer.write(prefix + line)
+            sys.stderr.buffer.write(f"[{self.name}] ".encode() + line)  # a warm one gets named
             sys.stderr.buffer.flush()
-            if not ready.done() and (match := READY_LINE.search(line.decode(errors="replace"))):
-                ready.set_result(int(match.group(1)))
+            text = line.decode(errors="replace")
+            if not self._ready.done() and (match := READY_LINE.search(text)):
+                self._ready.set_result(int(match.group(1)))
+            elif not self._warmed.done() and text.strip() == WARM_LINE:
+                self._warmed.set_result(None)
         await self.process.wait()
-        if not ready.done():
-            ready.set_exception(ProcessExited(self.process.returncode))
+        for future in (self._ready, self._warmed):
+            if not future.done():
+                future.set_exception(ProcessExited(self.process.returncode))
+                future.exception()  # retrieved: only one of the two is ever awaited
 
     def signal_group(self, sig: int) -> None:
         try:

@@ -25,6 +25,7 @@ from meshllm.server import MeshServer
 from services.generation.config import TINY_MODEL_DIR, GenerationSettings
 from services.generation.engine import Engine
 from services.generation.server import GenerationServicer
+from services.generation.warm_start import is_warm_start, wait_for_assignment
 
 log = get_logger("services.generation")
 
@@ -112,6 +113,8 @@ async def serve(settings: GenerationSettings) -> None:
 
 
 def main() -> None:
+    if is_warm_start():
+        wait_for_assignment()
     settings = GenerationSettings()
     configure_observability("generation", settings)
     # vLLM applies a logging dictConfig of its own in this process and in every process it

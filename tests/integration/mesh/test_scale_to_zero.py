@@ -1,6 +1,7 @@
 """Scale to zero and back through the whole mesh (Envoy, auth, router, control plane's
-autoscaler, the local supervisor, sim replicas that take a second to "load"): an idle pool
-goes to zero; a call for it waits (and is told so) while a replica starts; past the hold
+autoscaler, the local supervisor with a warm pool, sim replicas that take a second to
+"load"): an idle pool goes to zero; a call for it waits (and is told so) while a warm
+process becomes its replica; past the hold
 bound calls are refused at once with RetryInfo; a deadline that passes while held is
 DEADLINE_EXCEEDED from the router, not a hang."""
 import asyncio
@@ -39,7 +40,7 @@ async def mesh(tmp_path_factory):
     (workdir / "scaling.toml").write_text(SCALING)
     mesh = LocalMesh(MeshOptions(
         ports=MeshPorts.free(), engine="sim", model=MODEL, workdir=workdir, autoscale=True,
-        scaling_config=str(workdir / "scaling.toml"),
+        scaling_config=str(workdir / "scaling.toml"), warm_pool_size=1,
         router_env=(("MESHLLM_ROUTER_MAX_HELD_CALLS_PER_POOL", str(MAX_HELD)),
                     ("MESHLLM_ROUTER_WAITING_EVENT_SECONDS", "0.5")),
         generation_env=(("MESHLLM_GENERATION_SIM_LOAD_SECONDS", str(LOAD_SECONDS)),
@@ -104,6 +105,13 @@ async def test_an_idle_pool_scales_to_zero_and_the_next_call_waits_for_a_cold_st
              for event in events if event.HasField("waiting")]
     assert len(waits) >= 2 and waits == sorted(waits)
     assert len(mesh.generation) == 1
+    # The replica that came up was a warm process given its assignment, and another warm
+    # process took its place in the pool.
+    assert mesh.warm_pool.taken >= 1
+    deadline = time.monotonic() + 30
+    while mesh.warm_pool.ready < 1:
+        assert time.monotonic() < deadline, "the warm pool was not refilled"
+        await asyncio.sleep(0.1)
 
 
 async def test_calls_past_the_hold_bound_are_refused_at_once_and_the_held_ones_are_served(
