@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 HF_HUB_OFFLINE ?= 1
 export HF_HUB_OFFLINE
 
-.PHONY: help up test test-unit test-integration test-e2e protos lint-protos model bench clean
+.PHONY: help up test test-unit test-integration test-e2e protos lint-protos k8s-check model bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ lint-protos: node_modules/.installed ## buf lint (STANDARD), and buf breaking (F
 	  npx --no-install buf breaking protos --against '.git#branch=$(BREAKING_AGAINST),subdir=protos'; \
 	else echo "no $(BREAKING_AGAINST) branch here: buf breaking skipped"; fi
 
+k8s-check: $(VENV)/.installed ## render deploy/k8s (base, overlays cpu and gpu) with kubectl kustomize and validate it offline
+	$(PY) -m deploy.k8s.check
+
 $(MODEL_DIR)/config.json: $(VENV)/.installed services/generation/tiny_model.py
 	$(PY) -m services.generation.tiny_model $(MODEL_DIR)
 
@@ -62,7 +65,7 @@ model: $(MODEL_DIR)/config.json ## build the tiny offline Llama model into .mesh
 up: protos model ## run control plane, Envoy, router and generation in the foreground
 	$(PY) -m deploy.local
 
-test: protos model node_modules/.installed lint-protos ## install what is missing and run the whole suite
+test: protos model node_modules/.installed lint-protos k8s-check ## install what is missing and run the whole suite
 	$(PY) -m pytest -q tests
 
 test-unit: protos ## the fast tier only: pure, seconds

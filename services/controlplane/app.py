@@ -5,11 +5,15 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import Counter
 
 from meshllm.api.controlplane.v1 import registry_pb2_grpc, scaling_pb2_grpc
+from meshllm.api.externalscaler import externalscaler_pb2_grpc
 from meshllm.logging import get_logger
 from meshllm.server import MeshServer
 from meshllm.tasks import cancel_and_wait
 from services.controlplane.ads import AdsCallbacks
 from services.controlplane.config import ControlPlaneSettings
+from services.controlplane.endpointslices import (EndpointSliceDiscovery, EndpointSliceWatch,
+                                                  KubernetesSlices)
+from services.controlplane.keda_scaler import KedaExternalScaler
 from services.controlplane.lease_clock import StallForgivingClock
 from services.controlplane.publisher import SnapshotPublisher
 from services.controlplane.registry import ReplicaRegistry
@@ -57,17 +61,28 @@ class ControlPlane:
         self.server.add_service(scaling_pb2_grpc.add_ScalingServiceServicer_to_server,
                                 ScalingServicer(self.scaling),
                                 "meshllm.controlplane.v1.ScalingService")
+        # KEDA asks this on Kubernetes (deploy/k8s): when a pool is active, and its demand.
+        self.server.add_service(externalscaler_pb2_grpc.add_ExternalScalerServicer_to_server,
+                                KedaExternalScaler(self.scaling, settings.scaling_tick_seconds),
+                                "externalscaler.ExternalScaler")
         self.server.add_service(ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server,
                                 AggregatedDiscoveryServicer(self.cache, callbacks),
                                 "envoy.service.discovery.v3.AggregatedDiscoveryService")
         self._publishing: asyncio.Task | None = None
         self._scaling: asyncio.Task | None = None
+        self._discovering: asyncio.Task | None = None
 
     async def start(self) -> int:
         """Serves and returns the bound port; the re-registration grace starts now."""
         self.cache.hold_until = asyncio.get_running_loop().time() + self.settings.eds_grace
         self._publishing = asyncio.create_task(self.publisher.run(), name="snapshot-publisher")
         self._scaling = asyncio.create_task(self._scale_forever(), name="autoscaler")
+        if self.settings.discovery == "endpointslices":
+            watch = EndpointSliceWatch(
+                EndpointSliceDiscovery(self.registry),
+                KubernetesSlices(self.settings.discovery_namespace),
+                renew_seconds=self.settings.lease_ttl_seconds / 5)
+            self._discovering = asyncio.create_task(watch.run(), name="endpointslices")
         return await self.server.start()
 
     async def _scale_forever(self) -> None:
@@ -82,6 +97,6 @@ class ControlPlane:
         # ADS streams never end by themselves; Envoy keeps its last config and reconnects,
         # so waiting the full drain grace for them would only delay the exit.
         await self.server.drain(grace_seconds=min(self.settings.drain_grace_seconds, 1.0))
-        for task in (self._publishing, self._scaling):
+        for task in (self._publishing, self._scaling, self._discovering):
             if task is not None:
                 await cancel_and_wait(task)

@@ -1,4 +1,6 @@
 """Control plane settings: MESHLLM_CONTROLPLANE_*."""
+from typing import Literal
+
 from pydantic_settings import SettingsConfigDict
 
 from meshllm.settings import ServiceSettings
@@ -68,6 +70,13 @@ class ControlPlaneSettings(ServiceSettings):
     """Whether something acts on the autoscaler's decisions (the local supervisor of `make
     up`, or KEDA): only then are pools at zero reported, so that routers hold calls for them
     while a replica starts. Decisions are computed and shown either way."""
+
+    discovery: Literal["registration", "endpointslices"] = "registration"
+    """Where replicas come from: their own registration (`make up`), or also the
+    EndpointSlices of Services labelled for discovery (Kubernetes; deploy/k8s). Replicas
+    register either way: their heartbeats carry the demand the autoscaler scales on."""
+    discovery_namespace: str = ""
+    """With endpointslices: the namespace to watch."""
 
     @property
     def eds_grace(self) -> float:
