@@ -8,7 +8,7 @@ import time
 import pytest
 
 from deploy.local.envoy_admin import admin_get
-from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
+from tests.integration.mesh.autoscaled import autoscaled_mesh
 
 LEASE_SECONDS = 3.0
 # The control plane drops an expired lease within its publisher's tick, and Envoy applies the
@@ -23,13 +23,10 @@ max_replicas = 3
 
 @pytest.fixture(scope="module")
 async def mesh(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("mesh")
-    (workdir / "scaling.toml").write_text(SCALING)
-    mesh = LocalMesh(MeshOptions(
-        ports=MeshPorts.free(), engine="sim", model="sim-kills", workdir=workdir,
-        autoscale=True, scaling_config=str(workdir / "scaling.toml"),
-        controlplane_env=(("MESHLLM_CONTROLPLANE_LEASE_TTL_SECONDS", str(LEASE_SECONDS)),)))
-    async with mesh.running(generation_replicas=3):
+    async with autoscaled_mesh(
+            tmp_path_factory.mktemp("mesh"), SCALING, generation_replicas=3, model="sim-kills",
+            controlplane_env=(("MESHLLM_CONTROLPLANE_LEASE_TTL_SECONDS", str(LEASE_SECONDS)),)
+    ) as mesh:
         yield mesh
 
 

@@ -7,10 +7,10 @@ import time
 import grpc
 import pytest
 
-from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.controlplane.v1 import scaling_pb2, scaling_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from meshllm.api_key import KeyedStub
+from tests.integration.mesh.autoscaled import autoscaled_mesh
 
 MODEL = "sim-drain"
 STREAMS, TOKENS = 32, 60
@@ -23,15 +23,12 @@ max_replicas = 2
 
 @pytest.fixture(scope="module")
 async def mesh(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("mesh")
-    (workdir / "scaling.toml").write_text(SCALING)
-    mesh = LocalMesh(MeshOptions(
-        ports=MeshPorts.free(), engine="sim", model=MODEL, workdir=workdir, autoscale=True,
-        scaling_config=str(workdir / "scaling.toml"),
-        # Each stream lasts ~3 s: long enough to be open when the scale-down lands.
-        generation_env=(("MESHLLM_GENERATION_SIM_TIME_TO_FIRST_TOKEN_SECONDS", "0.05"),
-                        ("MESHLLM_GENERATION_SIM_INTER_TOKEN_LATENCY_SECONDS", "0.05"))))
-    async with mesh.running(generation_replicas=2):
+    async with autoscaled_mesh(
+            tmp_path_factory.mktemp("mesh"), SCALING, generation_replicas=2, model=MODEL,
+            # Each stream lasts ~3 s: long enough to be open when the scale-down lands.
+            generation_env=(("MESHLLM_GENERATION_SIM_TIME_TO_FIRST_TOKEN_SECONDS", "0.05"),
+                            ("MESHLLM_GENERATION_SIM_INTER_TOKEN_LATENCY_SECONDS", "0.05"))
+    ) as mesh:
         yield mesh
 
 

@@ -10,10 +10,10 @@ import time
 import grpc
 import pytest
 
-from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.controlplane.v1 import scaling_pb2, scaling_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from meshllm.api_key import KeyedStub
+from tests.integration.mesh.autoscaled import autoscaled_mesh
 from tests.status_details import error_details
 
 MODEL = "sim-cold"
@@ -36,17 +36,15 @@ idle_timeout_seconds = {IDLE_TIMEOUT_SECONDS}
 
 @pytest.fixture(scope="module")
 async def mesh(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("mesh")
-    (workdir / "scaling.toml").write_text(SCALING)
-    mesh = LocalMesh(MeshOptions(
-        ports=MeshPorts.free(), engine="sim", model=MODEL, workdir=workdir, autoscale=True,
-        scaling_config=str(workdir / "scaling.toml"), warm_pool_size=1,
-        router_env=(("MESHLLM_ROUTER_MAX_HELD_CALLS_PER_POOL", str(MAX_HELD)),
-                    ("MESHLLM_ROUTER_WAITING_EVENT_SECONDS", "0.5")),
-        generation_env=(("MESHLLM_GENERATION_SIM_LOAD_SECONDS", str(LOAD_SECONDS)),
-                        ("MESHLLM_GENERATION_SIM_TIME_TO_FIRST_TOKEN_SECONDS", "0.05"),
-                        ("MESHLLM_GENERATION_SIM_INTER_TOKEN_LATENCY_SECONDS", "0.01"))))
-    async with mesh.running(generation_replicas=1):
+    async with autoscaled_mesh(
+            tmp_path_factory.mktemp("mesh"), SCALING, generation_replicas=1, model=MODEL,
+            warm_pool_size=1,
+            router_env=(("MESHLLM_ROUTER_MAX_HELD_CALLS_PER_POOL", str(MAX_HELD)),
+                        ("MESHLLM_ROUTER_WAITING_EVENT_SECONDS", "0.5")),
+            generation_env=(("MESHLLM_GENERATION_SIM_LOAD_SECONDS", str(LOAD_SECONDS)),
+                            ("MESHLLM_GENERATION_SIM_TIME_TO_FIRST_TOKEN_SECONDS", "0.05"),
+                            ("MESHLLM_GENERATION_SIM_INTER_TOKEN_LATENCY_SECONDS", "0.01"))
+    ) as mesh:
         yield mesh
 
 
