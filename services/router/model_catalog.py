@@ -29,19 +29,25 @@ def pools_from_replicas(replicas, models_at_zero=()) -> dict[str, ModelPool]:
 
 
 def keep_recent_pools(previous: dict[str, ModelPool], fresh: dict[str, ModelPool],
-                      last_seen: dict[str, float], now: float,
+                      missing_since: dict[str, float], now: float,
                       forget_after: float) -> dict[str, ModelPool]:
     """The registry's answer, plus pools it stopped listing less than `forget_after` ago.
 
     A control plane that just restarted lists nothing until replicas re-register (one
     heartbeat), while Envoy still has their endpoints: the router must not call those
-    models unknown meanwhile. Such pools are kept, with no ready replica counted."""
+    models unknown meanwhile. Such pools are kept, with no ready replica counted. The time
+    counts from the first answer that left a pool out, not from the last that listed it:
+    while the control plane was away there was no answer at all, and an outage longer than
+    `forget_after` must not make the first answer after it forget every pool."""
     for name in fresh:
-        last_seen[name] = now
-    for name in [name for name in last_seen if now - last_seen[name] >= forget_after]:
-        del last_seen[name]
+        missing_since.pop(name, None)
+    for name in previous:
+        if name not in fresh:
+            missing_since.setdefault(name, now)
     recent = {name: replace(pool, ready_replicas=0) for name, pool in previous.items()
-              if name not in fresh and name in last_seen}
+              if name not in fresh and now - missing_since[name] < forget_after}
+    for name in [name for name in missing_since if name not in recent]:
+        del missing_since[name]
     return {**recent, **fresh}
 
 
@@ -54,7 +60,7 @@ class ModelCatalog:
         self._refresh_seconds = refresh_seconds
         self._forget_after = forget_after
         self._pools: dict[str, ModelPool] = {}
-        self._last_seen: dict[str, float] = {}
+        self._missing_since: dict[str, float] = {}
         self._fetched_at = float("-inf")
         self._refreshing = asyncio.Lock()
 
@@ -77,7 +83,8 @@ class ModelCatalog:
                 registry_pb2.ListReplicasRequest(service="generation"), timeout=1)
             fresh = pools_from_replicas(reply.replicas, reply.models_at_zero)
             self._pools = keep_recent_pools(self._pools, fresh,
-                                            self._last_seen, time.monotonic(), self._forget_after)
+                                            self._missing_since, time.monotonic(),
+                                            self._forget_after)
         except grpc.aio.AioRpcError:
             pass  # keep the last answer; ask again after the next refresh interval, not sooner
         self._fetched_at = time.monotonic()

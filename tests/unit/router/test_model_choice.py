@@ -56,11 +56,20 @@ def test_pools_group_replicas_by_model_with_the_smallest_context():
 
 
 def test_a_pool_the_registry_stops_listing_stays_routable_for_a_while_then_goes():
-    last_seen: dict[str, float] = {}
-    pools = keep_recent_pools({}, {"tiny": TINY, "big": BIG}, last_seen, now=0, forget_after=10)
-    pools = keep_recent_pools(pools, {}, last_seen, now=3, forget_after=10)  # registry restarted
+    missing_since: dict[str, float] = {}
+    pools = keep_recent_pools({}, {"tiny": TINY, "big": BIG}, missing_since, now=0,
+                              forget_after=10)
+    pools = keep_recent_pools(pools, {}, missing_since, now=3, forget_after=10)  # restarted
     assert pools["tiny"] == ModelPool("tiny", 0, 2048) and "big" in pools
-    pools = keep_recent_pools(pools, {"tiny": TINY}, last_seen, now=5, forget_after=10)
+    pools = keep_recent_pools(pools, {"tiny": TINY}, missing_since, now=5, forget_after=10)
     assert pools["tiny"] is TINY and "big" in pools
-    pools = keep_recent_pools(pools, {"tiny": TINY}, last_seen, now=11, forget_after=10)
+    pools = keep_recent_pools(pools, {"tiny": TINY}, missing_since, now=13, forget_after=10)
     assert set(pools) == {"tiny"}
+
+
+def test_an_outage_longer_than_forget_after_does_not_forget_pools_at_the_first_answer():
+    missing_since: dict[str, float] = {}
+    pools = keep_recent_pools({}, {"tiny": TINY}, missing_since, now=0, forget_after=10)
+    # The control plane was away 15 s (no answers), then answers before replicas re-register.
+    pools = keep_recent_pools(pools, {}, missing_since, now=15, forget_after=10)
+    assert pools == {"tiny": ModelPool("tiny", 0, 2048)}
