@@ -28,7 +28,7 @@ def unit_to_proto(key: Unit, unit: UnitState) -> scaling_pb2.ScaledUnit:
         state=_state(unit))
     if decision is not None:
         at = timestamp_pb2.Timestamp()
-        at.FromNanoseconds(int(unit.decided_at * 1e9))
+        at.FromNanoseconds(int(unit.decided_at * 1e9))  # wall clock, for people
         message.last_decision.CopyFrom(scaling_pb2.ScalingDecision(
             at=at, desired_replicas=decision.desired, reason=decision.reason,
             panic=decision.panic, stable_concurrency=decision.stable_concurrency,

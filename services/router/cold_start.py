@@ -17,9 +17,9 @@ from collections import Counter
 from collections.abc import Callable
 
 import grpc
-from google.protobuf import duration_pb2
 
 from meshllm.api.inference.v1 import inference_pb2
+from meshllm.protos import duration
 from services.router.errors import RequestRejected
 from services.router.model_catalog import ModelCatalog
 from services.router.pipeline import Events, GenerationCall, Next
@@ -29,10 +29,8 @@ _DEADLINE_MARGIN_SECONDS = 0.1
 
 
 def waiting_event(waited: float) -> inference_pb2.GenerateResponse:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(int(waited * 1e9))
     return inference_pb2.GenerateResponse(waiting=inference_pb2.WaitingEvent(
-        reason=inference_pb2.WAIT_REASON_COLD_START, waited=value,
+        reason=inference_pb2.WAIT_REASON_COLD_START, waited=duration(waited),
         message=f"waiting {waited:.1f} s for a replica of this model to start (the model was "
                 "scaled to zero)"))
 

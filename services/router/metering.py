@@ -11,12 +11,12 @@ import secrets
 import time
 
 import grpc
-from google.protobuf import duration_pb2
 
 from meshllm.api.auth.v1 import auth_pb2
 from meshllm.api.inference.v1 import inference_pb2
 from meshllm.errors import CallRefused
 from meshllm.logging import get_logger
+from meshllm.protos import duration
 from meshllm.tasks import cancel_and_wait
 from meshllm.tenancy import cost_micro_usd
 from services.router.delta_tokens import delta_token_count
@@ -42,12 +42,6 @@ def prompt_token_bound(request: inference_pb2.GenerateRequest) -> int:
 def needs_reservation(policy: auth_pb2.Policy) -> bool:
     return bool(policy.HasField("monthly_budget_micro_usd") or policy.label_limits
                 or policy.tokens_per_minute or policy.max_concurrent_streams)
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(int(seconds * 1e9))
-    return value
 
 
 class Settlements:
@@ -166,8 +160,8 @@ class Metering:
                 replica=call.replica, prompt_tokens=call.prompt_tokens,
                 completion_tokens=completion, outcome=outcome, labels=call.request.labels,
                 time_to_first_token=None if first_token_at is None
-                else _duration(first_token_at - call.arrived),
-                total=_duration(now - call.arrived)))
+                else duration(first_token_at - call.arrived),
+                total=duration(now - call.arrived)))
 
     async def _reserve_for(self, call: GenerationCall, model: str, ledger_id: str) -> None:
         request = auth_pb2.ReserveRequest(
@@ -188,7 +182,7 @@ class Metering:
             self._settlements.submit(auth_pb2.SettleRequest(
                 request_id=ledger_id, tenant_id=call.tenancy.tenant, model=model,
                 outcome=f"failed: reserve {error.code().name}", labels=call.request.labels,
-                total=_duration(time.perf_counter() - call.arrived)))
+                total=duration(time.perf_counter() - call.arrived)))
             raise RequestRejected(
                 grpc.StatusCode.UNAVAILABLE,
                 f"the call could not be reserved against tenant {call.tenancy.tenant!r}'s "

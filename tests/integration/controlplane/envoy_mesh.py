@@ -99,6 +99,19 @@ async def eventually(check, timeout: float = 2.0):
         await asyncio.sleep(0.02)
 
 
+async def serve_and_register(server: grpc.aio.Server, controlplane_port: int,
+                             replica: registry_pb2.Replica) -> tuple[int, ReplicaRegistration]:
+    """Starts `server` on a free loopback port and registers it as `replica` (its host and
+    port filled in) with the control plane; the port and the registration to stop later."""
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    replica.host, replica.port = "127.0.0.1", port
+    registration = ReplicaRegistration(f"127.0.0.1:{controlplane_port}", replica,
+                                       retry_seconds=0.05)
+    await registration.start(timeout=5)
+    return port, registration
+
+
 class Replica:
     """A real tiny gRPC server that answers any path below its service with its name, or
     with `refuse` when set; with grpc.health.v1, which Envoy checks."""
@@ -121,14 +134,9 @@ class Replica:
         self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
             self.full_service, {"Echo": handler, "GetLoad": handler})])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
-        self.registration = ReplicaRegistration(
-            f"127.0.0.1:{controlplane_port}",
-            registry_pb2.Replica(replica_id=self.name, service=self.service, host="127.0.0.1",
-                                 port=self.port, model=self.model),
-            retry_seconds=0.05)
-        await self.registration.start(timeout=5)
+        self.port, self.registration = await serve_and_register(
+            self.server, controlplane_port, registry_pb2.Replica(
+                replica_id=self.name, service=self.service, model=self.model))
         return self
 
     async def stop(self) -> None:

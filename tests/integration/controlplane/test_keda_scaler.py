@@ -11,26 +11,15 @@ from services.controlplane.autoscaling import ScalingSettings
 from services.controlplane.config import ControlPlaneSettings
 from services.controlplane.keda_scaler import KedaExternalScaler, metric_name
 from services.controlplane.registry import Replica, ReplicaRegistry
-from services.controlplane.scaling import MeshScaling
-from services.controlplane.scaling_config import ScalingConfig
+from tests.fake_clock import FakeClock
+from tests.mesh_scaling import mesh_scaling
 
-POOL = ScalingSettings(min_replicas=0, max_replicas=3, target_concurrency=4,
-                       stable_window_seconds=10, panic_window_seconds=2,
-                       scale_down_delay_seconds=0, idle_timeout_seconds=5)
 SERVICES = ScalingSettings(min_replicas=1, max_replicas=2, target_concurrency=64)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return FakeClock()
 
 
 @pytest.fixture
@@ -40,9 +29,7 @@ def registry(clock):
 
 @pytest.fixture
 def scaling(registry, clock):
-    config = ScalingConfig(service_defaults=SERVICES, services={}, pool_defaults=POOL,
-                           pools={"tiny-llama": POOL})
-    return MeshScaling(registry, config, clock=clock)
+    return mesh_scaling(registry, clock, SERVICES, named_pools=("tiny-llama",))
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from meshllm.api.controlplane.v1 import registry_pb2
 from meshllm.registration import ReplicaRegistration
-from tests.integration.controlplane.envoy_mesh import eventually
+from tests.integration.controlplane.envoy_mesh import eventually, serve_and_register
 
 GENERATE = "/meshllm.inference.v1.InferenceService/Generate"
 ADMIN = "/meshllm.auth.v1.AuthService/ListTenants"
@@ -130,14 +130,9 @@ class StandIn:
             full_service, {method: handler for method in methods})])
 
     async def start(self, controlplane_port: int) -> "StandIn":
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
-        self.registration = ReplicaRegistration(
-            f"127.0.0.1:{controlplane_port}",
-            registry_pb2.Replica(replica_id=self.name, service=self.service, host="127.0.0.1",
-                                 port=self.port),
-            retry_seconds=0.05)
-        await self.registration.start(timeout=5)
+        self.port, self.registration = await serve_and_register(
+            self.server, controlplane_port,
+            registry_pb2.Replica(replica_id=self.name, service=self.service))
         return self
 
     async def stop(self) -> None:

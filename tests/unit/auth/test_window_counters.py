@@ -3,19 +3,12 @@ reservations, leased slots and forgetting idle keys, without sleeping."""
 import pytest
 
 from services.auth.window_counters import Decision, InProcessWindowCounters
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import FakeClock
 
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return FakeClock()
 
 
 @pytest.fixture

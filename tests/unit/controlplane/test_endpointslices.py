@@ -17,7 +17,7 @@ from services.controlplane.endpointslices import (EndpointSliceDiscovery, Endpoi
                                                   InvalidSlice, KubernetesSlices, WatchExpired,
                                                   replicas_of)
 from services.controlplane.registry import Replica, ReplicaRegistry
-from tests.unit.controlplane.test_replica_registry import FakeClock
+from tests.fake_clock import FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures" / "endpointslices"
 GENERATION_0 = "generation-tiny-llama-7c9f8d6b5-x2k4p"

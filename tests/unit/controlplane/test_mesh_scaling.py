@@ -4,13 +4,10 @@ import pytest
 
 from services.controlplane.autoscaling import ScalingSettings
 from services.controlplane.registry import ReplicaRegistry
-from services.controlplane.scaling import MeshScaling
-from services.controlplane.scaling_config import ScalingConfig
-from tests.unit.controlplane.test_replica_registry import FakeClock, replica
+from tests.fake_clock import FakeClock
+from tests.mesh_scaling import mesh_scaling
+from tests.unit.controlplane.test_replica_registry import replica
 
-POOL = ScalingSettings(min_replicas=0, max_replicas=3, target_concurrency=4,
-                       stable_window_seconds=10, panic_window_seconds=2,
-                       scale_down_delay_seconds=0, idle_timeout_seconds=5)
 ROUTER = ScalingSettings(min_replicas=1, max_replicas=2, target_concurrency=64,
                          stable_window_seconds=10, panic_window_seconds=2)
 
@@ -27,9 +24,7 @@ def registry(clock):
 
 @pytest.fixture
 def scaling(registry, clock):
-    config = ScalingConfig(service_defaults=ROUTER, services={}, pool_defaults=POOL,
-                           pools={"named": POOL})
-    return MeshScaling(registry, config, clock=clock)
+    return mesh_scaling(registry, clock, ROUTER, named_pools=("named",))
 
 
 def run(scaling, clock, seconds: float, step: float = 0.5) -> None:

@@ -2,14 +2,7 @@ import pytest
 
 from services.controlplane.lease_clock import StallForgivingClock
 from services.controlplane.registry import Expiry, InvalidReplica, Replica, ReplicaRegistry
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import FakeClock
 
 
 def replica(replica_id="r1", service="generation", port=5001, model="tiny", **kw) -> Replica:
