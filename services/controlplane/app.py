@@ -16,7 +16,7 @@ from services.controlplane.endpointslices import (EndpointSliceDiscovery, Endpoi
 from services.controlplane.keda_scaler import KedaExternalScaler
 from services.controlplane.lease_clock import StallForgivingClock
 from services.controlplane.publisher import SnapshotPublisher
-from services.controlplane.registry import ReplicaRegistry
+from services.controlplane.registry import GENERATION_SERVICE, ReplicaRegistry
 from services.controlplane.scaling import MeshScaling
 from services.controlplane.scaling_config import load_scaling_config
 from services.controlplane.scaling_service import ScalingServicer
@@ -48,11 +48,16 @@ class ControlPlane:
             lease_ttl=settings.lease_ttl_seconds,
             clock=StallForgivingClock(settings.stall_forgiven_after_seconds, on_stall=_log_stall))
         self.cache = SnapshotCache()
+        scaling_config = load_scaling_config(settings.scaling_config or None)
+        # A pool named in the scaling settings has its cluster before its first replica: a
+        # cluster Envoy first hears of when a replica registers stays warming until its first
+        # health check answers, and calls routed to it meanwhile fail (seen as UNAVAILABLE
+        # with no message for the first call after a cold start of vLLM).
+        configured = [(GENERATION_SERVICE, model) for model in scaling_config.pools]
         self.publisher = SnapshotPublisher(
             self.registry, self.cache,
-            build=lambda replicas, pools: build_snapshot(replicas, layout, pools))
-        self.scaling = MeshScaling(self.registry,
-                                   load_scaling_config(settings.scaling_config or None))
+            build=lambda replicas, seen: build_snapshot(replicas, layout, [*configured, *seen]))
+        self.scaling = MeshScaling(self.registry, scaling_config)
         self.server = MeshServer(settings, service="controlplane")
         self.server.add_service(registry_pb2_grpc.add_RegistryServiceServicer_to_server,
                                 RegistryServicer(self.registry, self.scaling,

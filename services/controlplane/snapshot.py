@@ -84,7 +84,8 @@ def build_snapshot(replicas: Iterable[Replica], layout: resources.EnvoyLayout,
     """The snapshot for these replicas (the registry's `routable()` ones).
 
     A pool (service, model) in `pools_seen` keeps its cluster and routes with no endpoints,
-    so a pool scaled to zero still routes (to "no healthy upstream") rather than vanishing.
+    so a pool scaled to zero still routes (to "no healthy upstream") rather than vanishing,
+    and its first replica after a cold start joins a cluster Envoy already has warm.
     The router's and auth's clusters always exist, empty before their first replica, because
     the listeners use them from the start: Envoy serves at once, and until auth registers,
     every public call fails closed (UNAVAILABLE). Once a pool had replicas, the registry keeps

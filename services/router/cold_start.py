@@ -10,7 +10,11 @@ one), which is how the autoscaler learns that a pool at zero is wanted.
 When a replica is up, the held calls are let go no faster than it admits them: at most
 `release_per_replica` per ready replica at a time, the next one when an earlier one has its
 started event (the replica took it) or ended. A new replica admits only so many calls at
-once; the rest would bounce off its admission cap (RESOURCE_EXHAUSTED) together."""
+once; the rest would bounce off its admission cap (RESOURCE_EXHAUSTED) together.
+
+The registry lists a new replica a moment before Envoy can route to it. A released call that
+Envoy could give to no replica, before any event, is held again (for at most
+`rehold_seconds` after its first release) rather than failed."""
 import asyncio
 import time
 from collections import Counter
@@ -20,12 +24,16 @@ import grpc
 
 from meshllm.api.inference.v1 import inference_pb2
 from meshllm.protos import duration
+from meshllm.errors import CallRefused
+from meshllm.logging import get_logger
 from services.router.errors import RequestRejected
+from services.router.generation_client import NO_REPLICA_REASON
 from services.router.model_catalog import ModelCatalog
 from services.router.pipeline import Events, GenerationCall, Next
 
 _DEADLINE_MARGIN_SECONDS = 0.1
 """Refuse this long before the caller's deadline, so that it reads why, not its own timeout."""
+log = get_logger(__name__)
 
 
 def waiting_event(waited: float) -> inference_pb2.GenerateResponse:
@@ -40,12 +48,15 @@ class ColdStartHold:
 
     def __init__(self, catalog: ModelCatalog, max_held_per_pool: int = 20,
                  waiting_event_seconds: float = 2.0, poll_seconds: float = 0.1,
-                 release_per_replica: int = 4, on_first_held: Callable[[], None] = lambda: None):
+                 release_per_replica: int = 4, rehold_seconds: float = 10.0,
+                 on_first_held: Callable[[], None] = lambda: None):
         self._catalog = catalog
         self._max_held = max_held_per_pool
         self._waiting_event_seconds = waiting_event_seconds
         self._poll_seconds = poll_seconds
         self._release_per_replica = release_per_replica
+        self._rehold_seconds = rehold_seconds
+        """How long after its first release a call that found no replica is held again."""
         self._on_first_held = on_first_held
         self._held_calls: Counter[str] = Counter()
         self._released: Counter[str] = Counter()
@@ -71,19 +82,46 @@ class ColdStartHold:
                 "already wait for it; retry in a few seconds", reason="COLD_START_QUEUE_FULL",
                 retry_after=self._waiting_event_seconds)
         began = time.perf_counter()
+        first_release: float | None = None
         self._held_calls[model] += 1
+        held = True
         try:
             if self._held_calls[model] == 1:
                 self._on_first_held()
             yield waiting_event(0.0)
-            released = False
-            while not released:  # a pool that loses its new replica at once: wait again
-                async for waited in self._wait_for_replica(call, model, began):
-                    yield waiting_event(waited)
-                released = await self._released_slot(call, model, began)
+            while True:
+                released = False
+                while not released:  # a pool that loses its new replica at once: wait again
+                    async for waited in self._wait_for_replica(call, model, began):
+                        yield waiting_event(waited)
+                    released = await self._released_slot(call, model, began)
+                self._held_calls[model] -= 1
+                held = False
+                call.cold_start = time.perf_counter() - began
+                first_release = first_release or time.perf_counter()
+                started = False
+                try:
+                    async for event in self._released_stream(call, model, next_stage):
+                        started = True
+                        yield event
+                    return
+                except CallRefused as refused:
+                    # The registry lists a new replica a moment before Envoy routes to it
+                    # (its endpoint still on the way, or its first health check): hold again.
+                    if started or refused.reason != NO_REPLICA_REASON \
+                            or time.perf_counter() - first_release > self._rehold_seconds:
+                        raise
+                    log.info("cold_start_call_held_again", model=model, detail=refused.message)
+                self._held_calls[model] += 1
+                held = True
+                await asyncio.sleep(min(self._poll_seconds, self._seconds_left(call)))
         finally:
-            self._held_calls[model] -= 1
-        call.cold_start = time.perf_counter() - began
+            if held:
+                self._held_calls[model] -= 1
+
+    async def _released_stream(self, call: GenerationCall, model: str,
+                               next_stage: Next) -> Events:
+        """The released call's stream; its release slot is freed at its started event."""
         holds_slot = True
         try:
             async for event in next_stage(call):

@@ -15,6 +15,8 @@ from services.router.errors import PassedOn
 from services.router.pipeline import Events, GenerationCall
 
 GENERATE_METHOD = "/meshllm.generation.v1.GenerationService/Generate"
+NO_REPLICA_REASON = "NO_REPLICA_AVAILABLE"
+"""Envoy had no replica of the model that took the call (none, or every one refused)."""
 
 MIDSTREAM_FAILURES = Counter(
     "meshllm_router_midstream_failures",
@@ -132,4 +134,4 @@ class GenerationClient:
         return CallRefused(
             grpc.StatusCode.UNAVAILABLE,
             f"no replica of model {model!r} could take the request ({code.name}: {details}); "
-            "retry shortly", reason="NO_REPLICA_AVAILABLE", retry_after=1.0)
+            "retry shortly", reason=NO_REPLICA_REASON, retry_after=1.0)

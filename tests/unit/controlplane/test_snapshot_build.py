@@ -1,6 +1,8 @@
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from services.controlplane import resources
+from services.controlplane.app import ControlPlane
+from services.controlplane.config import ControlPlaneSettings
 from services.controlplane.registry import Replica, ReplicaRegistry
 from services.controlplane.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, build_snapshot
 
@@ -120,3 +122,17 @@ def test_auths_last_replica_stays_its_endpoint_when_its_lease_runs_out_as_in_any
     assert auth_ports() == [7001]
     registry.deregister("a1")  # a draining replica leaves at once, the last one too
     assert auth_ports() == []
+
+
+async def test_a_pool_named_in_the_scaling_settings_has_its_cluster_before_its_first_replica(
+        tmp_path):
+    # Envoy keeps a cluster it first hears of warming until its first health check answers:
+    # a pool at zero from the start must not get its cluster only when a replica comes up.
+    config = tmp_path / "scaling.toml"
+    config.write_text('[pools."tiny"]\nmin_replicas = 0\n')
+    controlplane = ControlPlane(ControlPlaneSettings(port=0, metrics_port=-1,
+                                                     scaling_config=str(config)))
+    snapshot = controlplane.publisher.publish()
+    cluster = resources.generation_cluster_name("tiny")
+    assert cluster in snapshot.of_type(CLUSTER).by_name
+    assert not snapshot.of_type(ENDPOINT).by_name[cluster].endpoints
