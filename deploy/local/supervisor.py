@@ -1,6 +1,7 @@
 """Runs the mesh's processes on one machine: start in order, wait until each is ready,
 stop them all (process groups, so vLLM's engine-core children go too)."""
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -48,9 +49,14 @@ class ManagedProcess:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             limit=OUTPUT_LINE_LIMIT,
-            # Set before exec, so that no thread of the new process starts anywhere else.
-            preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
         )
+        if self.cpus:
+            # Set as soon as it exists: the new process is still one thread starting Python,
+            # and every thread and child it starts later inherits the set. Not in preexec_fn:
+            # Python code between fork and exec in a process with threads (gRPC's, here) can
+            # crash the child (seen: a segfault in an at-fork handler).
+            with contextlib.suppress(ProcessLookupError):  # it exited: the wait below says so
+                os.sched_setaffinity(self.process.pid, self.cpus)
         loop = asyncio.get_running_loop()
         self._ready, self._warmed = loop.create_future(), loop.create_future()
         self._pump = asyncio.create_task(self._forward_output())

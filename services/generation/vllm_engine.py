@@ -100,6 +100,15 @@ class SchedulerStatsRecorder:
         return None
 
 
+def import_vllm():
+    """vLLM's engine API. Imported on use, not with this module, so the sim engine never
+    pays for it; a warm process (warm_start.py) calls this ahead of its assignment."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncEngineArgs, AsyncLLM
+
+
 class VllmEngine:
     """Implements `Engine` on vLLM's AsyncLLM."""
 
@@ -140,10 +149,7 @@ class VllmEngine:
 
     async def start(self) -> None:
         """Starts the engine core process and loads the model (blocks until it is ready)."""
-        # vLLM is imported here, not at module import, so the sim engine never pays for it.
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
+        AsyncEngineArgs, AsyncLLM = import_vllm()
         args = AsyncEngineArgs(
             model=self._model,
             served_model_name=[self._served_model_name],

@@ -19,6 +19,8 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import aclosing
+from dataclasses import replace
 
 import grpc
 
@@ -68,10 +70,32 @@ class ColdStartHold:
         return {model: count for model, count in self._held_calls.items() if count}
 
     def __call__(self, call: GenerationCall, next_stage: Next) -> Events:
-        # A pool with replicas (every call but a cold start's) costs no hop per event here.
         if not call.model.pool.at_zero:
-            return next_stage(call)
+            return self._unless_just_scaled_to_zero(call, next_stage)
         return self._held_stream(call, next_stage)
+
+    async def _unless_just_scaled_to_zero(self, call: GenerationCall,
+                                          next_stage: Next) -> Events:
+        """The stream of a pool the router believes has replicas. The router's view may be a
+        refresh old: if Envoy found no replica, and the registry now says the pool went to
+        zero, the call is held like any other for it."""
+        started = False
+        try:
+            async with aclosing(next_stage(call)) as stream:
+                async for event in stream:
+                    started = True
+                    yield event
+            return
+        except CallRefused as refused:
+            if started or refused.reason != NO_REPLICA_REASON:
+                raise
+            pool = (await self._catalog.pools(max_age=0)).get(call.model.pool.name)
+            if pool is None or not pool.at_zero:
+                raise
+        call.model = replace(call.model, pool=pool)
+        async with aclosing(self._held_stream(call, next_stage)) as held:
+            async for event in held:
+                yield event
 
     async def _held_stream(self, call: GenerationCall, next_stage: Next) -> Events:
         model = call.model.pool.name
@@ -124,11 +148,12 @@ class ColdStartHold:
         """The released call's stream; its release slot is freed at its started event."""
         holds_slot = True
         try:
-            async for event in next_stage(call):
-                if holds_slot and type(event) is not bytes and event.HasField("started"):
-                    holds_slot = False
-                    await self._let_next_go(model)
-                yield event
+            async with aclosing(next_stage(call)) as stream:
+                async for event in stream:
+                    if holds_slot and type(event) is not bytes and event.HasField("started"):
+                        holds_slot = False
+                        await self._let_next_go(model)
+                    yield event
         finally:
             if holds_slot:
                 await self._let_next_go(model)

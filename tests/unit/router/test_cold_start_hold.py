@@ -1,6 +1,7 @@
 """The cold-start hold on its own: a call released to a new replica that Envoy cannot route
 to yet is held again, not failed; a failure after the stream started, or one that lasts past
-the re-hold bound, reaches the caller."""
+the re-hold bound, reaches the caller. A call the router sent to a pool it thought had
+replicas, which just went to zero, is held too."""
 import grpc
 import pytest
 
@@ -23,9 +24,24 @@ class OneReadyReplica:
         return {MODEL: ModelPool(MODEL, ready_replicas=1, max_context_tokens=2048)}
 
 
-def call_for_pool_at_zero() -> GenerationCall:
+class ScaledToZeroThenUp:
+    """A catalog whose pool is at zero for its next `answers_at_zero` answers, then has a
+    replica: the router's view of a pool that went to zero and was asked for."""
+
+    def __init__(self, answers_at_zero: int):
+        self.answers_at_zero = answers_at_zero
+
+    async def pools(self, max_age=None):
+        self.answers_at_zero -= 1
+        if self.answers_at_zero >= 0:
+            return {MODEL: ModelPool(MODEL, 0, 0, at_zero=True)}
+        return await OneReadyReplica().pools()
+
+
+def call_for_pool_at_zero(at_zero: bool = True) -> GenerationCall:
     call = GenerationCall(inference_pb2.GenerateRequest(prompt="hi"), "req-1", lambda: None)
-    call.model = ModelChoice(ModelPool(MODEL, 0, 0, at_zero=True), "requested")
+    call.model = ModelChoice(ModelPool(MODEL, 0 if at_zero else 1, 0, at_zero=at_zero),
+                             "requested")
     return call
 
 
@@ -52,9 +68,10 @@ def hold(rehold_seconds: float = 10.0) -> ColdStartHold:
     return ColdStartHold(OneReadyReplica(), poll_seconds=0.01, rehold_seconds=rehold_seconds)
 
 
-async def events_of(stage: ColdStartHold, generation: Generation) -> list[str]:
+async def events_of(stage: ColdStartHold, generation: Generation,
+                    at_zero: bool = True) -> list[str]:
     return [event.WhichOneof("event")
-            async for event in stage(call_for_pool_at_zero(), generation)]
+            async for event in stage(call_for_pool_at_zero(at_zero), generation)]
 
 
 async def test_a_call_envoy_cannot_route_yet_is_held_again_and_served():
@@ -79,3 +96,22 @@ async def test_a_replica_envoy_never_routes_to_fails_the_call_after_the_rehold_b
     assert refused.value.reason == NO_REPLICA_REASON
     assert 2 <= generation.attempts < 100
     assert stage.held_calls() == {}
+
+
+async def test_a_call_for_a_pool_the_router_thought_up_is_held_when_it_just_went_to_zero():
+    stage = ColdStartHold(ScaledToZeroThenUp(answers_at_zero=3), poll_seconds=0.01)
+    generation = Generation(refusals=1)
+    assert await events_of(stage, generation, at_zero=False) == ["waiting", "started", "delta"]
+    assert generation.attempts == 2
+
+
+async def test_no_replica_for_a_pool_that_is_not_at_zero_reaches_the_caller():
+    stage, generation = hold(), Generation(refusals=1)
+    with pytest.raises(CallRefused):
+        await events_of(stage, generation, at_zero=False)
+    assert generation.attempts == 1
+
+
+async def test_a_pool_with_replicas_streams_through_untouched():
+    stage, generation = hold(), Generation(refusals=0)
+    assert await events_of(stage, generation, at_zero=False) == ["started", "delta"]
