@@ -89,7 +89,7 @@ async def main(args) -> None:
     print("| start | time to first token, median s |")
     print("|---|---|")
     print(f"| truly cold (new process) | {statistics.median(cold):.2f} |")
-    print(f"| warm pool (engine imported) | {statistics.median(warm):.2f} |")
+    print(f"| warm pool (engine imported, engine core forked) | {statistics.median(warm):.2f} |")
     print(f"| warm replica | {statistics.median(replica):.3f} |")
     print(f"| warm pool / truly cold | {statistics.median(warm) / statistics.median(cold):.2f} |")
 
