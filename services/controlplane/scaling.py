@@ -112,9 +112,12 @@ class MeshScaling:
         return dict(self._units)
 
     def models_at_zero(self) -> list[str]:
-        """Generation pools with no live replica: a call for one is held while one starts."""
-        return sorted(pool for (service, pool), unit in self._units.items()
-                      if service == GENERATION_SERVICE and unit.ready == 0
+        """Generation pools with no replica Envoy could route to: a call for one is held
+        while one starts. Read from the registry now, not from the last tick, so that a pool
+        whose last replica just deregistered is at zero at once (a router that finds no
+        replica for it asks, and must not hear "neither")."""
+        return sorted(pool for service, pool in self._units
+                      if service == GENERATION_SERVICE
                       and not self._registry.routable(GENERATION_SERVICE, pool))
 
     def _unit(self, key: Unit, now: float) -> UnitState:

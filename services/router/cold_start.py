@@ -89,7 +89,9 @@ class ColdStartHold:
         except CallRefused as refused:
             if started or refused.reason != NO_REPLICA_REASON:
                 raise
-            pool = (await self._catalog.pools(max_age=0)).get(call.model.pool.name)
+            # At most one registry call per poll, however many calls fail together.
+            pool = (await self._catalog.pools(max_age=self._poll_seconds)).get(
+                call.model.pool.name)
             if pool is None or not pool.at_zero:
                 raise
         call.model = replace(call.model, pool=pool)

@@ -1,16 +1,15 @@
 """Scale from zero on the real engine: a vLLM pool the autoscaler holds at zero from the start
 (named in the scaling settings, no replica running). The first call waits through vLLM's
 whole cold start, told so by waiting events, and is served; the started event says how long
-the cold start took; the next call finds the replica up and does not wait. Scaled to zero
-again, the pool's next replica is the warm pool's process, whose engine core is forked from
-its forkserver (services/generation/engine_forkserver.py), and it serves too."""
+the cold start took; the next call finds the replica up and does not wait. Idle past its
+timeout, the pool goes to zero again; the next call waits for the warm pool's process, whose
+engine core is forked from its forkserver (services/generation/engine_forkserver.py), and is
+served."""
 import asyncio
 import time
 
-import grpc
 import pytest
 
-from meshllm.api.controlplane.v1 import scaling_pb2, scaling_pb2_grpc
 from meshllm.api_key import keyed_channel
 from tests.e2e.streams import chat_request, generate, kinds, public_stub
 from tests.integration.mesh.autoscaled import autoscaled_mesh
@@ -20,7 +19,8 @@ SCALING = """
 [pools."tiny-llama"]
 min_replicas = 0
 max_replicas = 1
-idle_timeout_seconds = 600
+idle_timeout_seconds = 10
+scale_down_delay_seconds = 0
 """
 
 
@@ -52,12 +52,6 @@ async def test_a_call_for_a_pool_at_zero_waits_for_vllms_cold_start_and_is_serve
     assert len(mesh.generation) == 1
 
 
-async def set_scale(mesh, **request) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.controlplane}") as channel:
-        await scaling_pb2_grpc.ScalingServiceStub(channel).SetScale(scaling_pb2.SetScaleRequest(
-            service="generation", pool="tiny-llama", **request), timeout=10)
-
-
 async def eventually(condition, what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -65,15 +59,16 @@ async def eventually(condition, what: str, timeout: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def test_the_next_replica_after_zero_comes_from_the_warm_pool_and_serves(mesh):
+async def test_an_idle_pool_goes_to_zero_and_its_next_replica_comes_from_the_warm_pool(mesh):
     await eventually(lambda: mesh.warm_pool.ready == 1, "no warm process got ready", 300)
     taken = mesh.warm_pool.taken
-    await set_scale(mesh, replicas=0)
-    await eventually(lambda: not mesh.generation, "the pool did not scale to zero", 120)
-    await set_scale(mesh, unpin=True)
+    await eventually(lambda: not mesh.generation, "the idle pool did not scale to zero", 120)
 
     async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         events = await generate(public_stub(channel), chat_request(max_tokens=8), timeout=300)
 
-    assert kinds(events)[-1] == "finished" and events[-1].finished.usage.completion_tokens > 0
+    event_kinds = kinds(events)
+    assert event_kinds[0] == "waiting" and event_kinds[-1] == "finished", event_kinds
+    assert events[event_kinds.index("started")].started.HasField("cold_start")
+    assert events[-1].finished.usage.completion_tokens > 0
     assert mesh.warm_pool.taken == taken + 1
