@@ -13,7 +13,9 @@ the warm process gets its assignment after the forkserver started). So each chil
 the parent's environment as it is at `start()`, before it runs.
 
 This replaces `get_mp_context` in `vllm.v1.engine.utils` (pinned vLLM 0.32.0), the one place
-vLLM picks how to start its engine core; nothing else of vLLM's changes.
+vLLM picks how to start its engine core; nothing else of vLLM's changes. The engine core's
+CPU worker is still spawned: its OpenMP runtime takes its thread count and binding from the
+environment when it loads, which a forked worker would have done in the forkserver.
 """
 import multiprocessing
 import multiprocessing.context

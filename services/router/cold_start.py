@@ -108,42 +108,50 @@ class ColdStartHold:
                 "already wait for it; retry in a few seconds", reason="COLD_START_QUEUE_FULL",
                 retry_after=self._waiting_event_seconds)
         began = time.perf_counter()
-        first_release: float | None = None
+        async with aclosing(self._hold(call, model, began, announce=True)) as waiting:
+            async for event in waiting:
+                yield event
+        first_release = time.perf_counter()
+        while True:
+            call.cold_start = time.perf_counter() - began
+            started = False
+            try:
+                async with aclosing(self._released_stream(call, model, next_stage)) as events:
+                    async for event in events:
+                        started = True
+                        yield event
+                return
+            except CallRefused as refused:
+                # The registry lists a new replica a moment before Envoy routes to it (its
+                # endpoint still on the way, or its first health check): hold again.
+                if started or refused.reason != NO_REPLICA_REASON \
+                        or time.perf_counter() - first_release > self._rehold_seconds:
+                    raise
+                log.info("cold_start_call_held_again", model=model, detail=refused.message)
+            await asyncio.sleep(min(self._poll_seconds, self._seconds_left(call)))
+            async with aclosing(self._hold(call, model, began)) as waiting:
+                async for event in waiting:
+                    yield event
+
+    async def _hold(self, call: GenerationCall, model: str, began: float,
+                    announce: bool = False) -> Events:
+        """Counts the call as held until the pool has a replica and a release slot is free;
+        yields a waiting event at once if `announce`, and every few seconds meanwhile. The
+        count goes up before the first yield: nothing runs between the bound's check and it.
+        Callers close it (aclosing), so a cancelled call stops counting at once."""
         self._held_calls[model] += 1
-        held = True
         try:
             if self._held_calls[model] == 1:
                 self._on_first_held()
-            yield waiting_event(0.0)
-            while True:
-                released = False
-                while not released:  # a pool that loses its new replica at once: wait again
-                    async for waited in self._wait_for_replica(call, model, began):
-                        yield waiting_event(waited)
-                    released = await self._released_slot(call, model, began)
-                self._held_calls[model] -= 1
-                held = False
-                call.cold_start = time.perf_counter() - began
-                first_release = first_release or time.perf_counter()
-                started = False
-                try:
-                    async for event in self._released_stream(call, model, next_stage):
-                        started = True
-                        yield event
-                    return
-                except CallRefused as refused:
-                    # The registry lists a new replica a moment before Envoy routes to it
-                    # (its endpoint still on the way, or its first health check): hold again.
-                    if started or refused.reason != NO_REPLICA_REASON \
-                            or time.perf_counter() - first_release > self._rehold_seconds:
-                        raise
-                    log.info("cold_start_call_held_again", model=model, detail=refused.message)
-                self._held_calls[model] += 1
-                held = True
-                await asyncio.sleep(min(self._poll_seconds, self._seconds_left(call)))
+            if announce:
+                yield waiting_event(0.0)
+            released = False
+            while not released:  # a pool that loses its new replica at once: wait again
+                async for waited in self._wait_for_replica(call, model, began):
+                    yield waiting_event(waited)
+                released = await self._released_slot(call, model, began)
         finally:
-            if held:
-                self._held_calls[model] -= 1
+            self._held_calls[model] -= 1
 
     async def _released_stream(self, call: GenerationCall, model: str,
                                next_stage: Next) -> Events:

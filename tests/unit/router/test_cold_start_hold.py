@@ -115,3 +115,16 @@ async def test_no_replica_for_a_pool_that_is_not_at_zero_reaches_the_caller():
 async def test_a_pool_with_replicas_streams_through_untouched():
     stage, generation = hold(), Generation(refusals=0)
     assert await events_of(stage, generation, at_zero=False) == ["started", "delta"]
+
+
+async def test_a_held_call_counts_until_it_is_closed_and_the_bound_refuses_the_next():
+    stage = ColdStartHold(ScaledToZeroThenUp(answers_at_zero=10_000), max_held_per_pool=1,
+                          poll_seconds=0.01)
+    first = stage(call_for_pool_at_zero(), Generation(refusals=0))
+    assert (await anext(first)).WhichOneof("event") == "waiting"
+    assert stage.held_calls() == {MODEL: 1}
+    with pytest.raises(CallRefused) as refused:
+        await anext(stage(call_for_pool_at_zero(), Generation(refusals=0)))
+    assert refused.value.reason == "COLD_START_QUEUE_FULL"
+    await first.aclose()  # the caller went away
+    assert stage.held_calls() == {}
