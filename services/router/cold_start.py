@@ -136,20 +136,35 @@ class ColdStartHold:
     async def _hold(self, call: GenerationCall, model: str, began: float,
                     announce: bool = False) -> Events:
         """Counts the call as held until the pool has a replica and a release slot is free;
-        yields a waiting event at once if `announce`, and every few seconds meanwhile. The
-        count goes up before the first yield: nothing runs between the bound's check and it.
-        Callers close it (aclosing), so a cancelled call stops counting at once."""
+        yields a waiting event at once if `announce`, and every few seconds meanwhile (while
+        it waits for a replica and while it waits for a slot). The count goes up before the
+        first yield: nothing runs between the bound's check and it. Callers close it
+        (aclosing), so a cancelled call stops counting at once."""
         self._held_calls[model] += 1
         try:
             if self._held_calls[model] == 1:
                 self._on_first_held()
             if announce:
                 yield waiting_event(0.0)
-            released = False
-            while not released:  # a pool that loses its new replica at once: wait again
-                async for waited in self._wait_for_replica(call, model, began):
-                    yield waiting_event(waited)
-                released = await self._released_slot(call, model, began)
+            next_event = time.perf_counter() + self._waiting_event_seconds
+            while True:
+                self._check_deadline(call, model, began)
+                pool = (await self._catalog.pools(max_age=self._poll_seconds)).get(model)
+                replicas = pool.ready_replicas if pool is not None and not pool.at_zero else 0
+                if self._released[model] < replicas * self._release_per_replica:
+                    self._released[model] += 1
+                    return
+                now = time.perf_counter()
+                if now >= next_event:
+                    yield waiting_event(now - began)
+                    next_event = now + self._waiting_event_seconds
+                # Until a released call frees its slot, or the next look at the pool.
+                async with self._release_changed:
+                    try:
+                        await asyncio.wait_for(self._release_changed.wait(), min(
+                            self._poll_seconds, self._seconds_left(call)))
+                    except TimeoutError:
+                        pass
         finally:
             self._held_calls[model] -= 1
 
@@ -167,38 +182,6 @@ class ColdStartHold:
         finally:
             if holds_slot:
                 await self._let_next_go(model)
-
-    async def _wait_for_replica(self, call: GenerationCall, model: str, began: float):
-        """Returns once the pool has a replica; yields the time waited every few seconds."""
-        next_event = began + self._waiting_event_seconds
-        while True:
-            self._check_deadline(call, model, began)
-            pool = (await self._catalog.pools(max_age=self._poll_seconds)).get(model)
-            if pool is not None and pool.ready_replicas and not pool.at_zero:
-                return
-            now = time.perf_counter()
-            if now >= next_event:
-                yield now - began
-                next_event = now + self._waiting_event_seconds
-            await asyncio.sleep(min(self._poll_seconds, self._seconds_left(call)))
-
-    async def _released_slot(self, call: GenerationCall, model: str, began: float) -> bool:
-        """Waits for a free release slot; False if the pool lost its replicas meanwhile."""
-        async with self._release_changed:
-            while True:
-                pool = (await self._catalog.pools()).get(model)
-                replicas = pool.ready_replicas if pool is not None and not pool.at_zero else 0
-                if not replicas:
-                    return False
-                if self._released[model] < replicas * self._release_per_replica:
-                    self._released[model] += 1
-                    return True
-                self._check_deadline(call, model, began)
-                try:
-                    await asyncio.wait_for(self._release_changed.wait(),
-                                           min(self._poll_seconds, self._seconds_left(call)))
-                except TimeoutError:
-                    pass
 
     async def _let_next_go(self, model: str) -> None:
         self._released[model] -= 1

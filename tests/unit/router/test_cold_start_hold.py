@@ -2,6 +2,8 @@
 to yet is held again, not failed; a failure after the stream started, or one that lasts past
 the re-hold bound, reaches the caller. A call the router sent to a pool it thought had
 replicas, which just went to zero, is held too."""
+import asyncio
+
 import grpc
 import pytest
 
@@ -128,3 +130,26 @@ async def test_a_held_call_counts_until_it_is_closed_and_the_bound_refuses_the_n
     assert refused.value.reason == "COLD_START_QUEUE_FULL"
     await first.aclose()  # the caller went away
     assert stage.held_calls() == {}
+
+
+async def test_a_call_waiting_for_a_release_slot_is_still_told_it_waits():
+    stage = ColdStartHold(OneReadyReplica(), poll_seconds=0.01, waiting_event_seconds=0.02,
+                          release_per_replica=1)
+    replica_busy = asyncio.Event()
+
+    async def slow_to_start(call):
+        await replica_busy.wait()
+        yield inference_pb2.GenerateResponse(started=inference_pb2.StartedEvent(replica="g1"))
+
+    first = stage(call_for_pool_at_zero(), slow_to_start)
+    assert (await anext(first)).WhichOneof("event") == "waiting"
+    taking_the_slot = asyncio.ensure_future(anext(first))  # released; its replica is slow
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(events_of(stage, Generation(refusals=0)))
+    await asyncio.sleep(0.15)
+    replica_busy.set()
+    assert (await taking_the_slot).WhichOneof("event") == "started"
+    second_events = await second
+    assert second_events[-2:] == ["started", "delta"]
+    assert second_events.count("waiting") >= 3  # at once, then every 20 ms for a slot
+    await first.aclose()
