@@ -12,7 +12,7 @@ import pytest
 
 from meshllm.api_key import keyed_channel
 from tests.e2e.streams import chat_request, generate, kinds, public_stub
-from tests.integration.mesh.autoscaled import autoscaled_mesh
+from tests.integration.mesh.autoscaled import autoscaled_mesh, wait_for_zero
 
 pytestmark = pytest.mark.e2e
 SCALING = """
@@ -62,7 +62,7 @@ async def eventually(condition, what: str, timeout: float) -> None:
 async def test_an_idle_pool_goes_to_zero_and_its_next_replica_comes_from_the_warm_pool(mesh):
     await eventually(lambda: mesh.warm_pool.ready == 1, "no warm process got ready", 300)
     taken = mesh.warm_pool.taken
-    await eventually(lambda: not mesh.generation, "the idle pool did not scale to zero", 120)
+    await wait_for_zero(mesh, timeout=120)
 
     async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
         events = await generate(public_stub(channel), chat_request(max_tokens=8), timeout=300)

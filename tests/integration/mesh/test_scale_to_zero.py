@@ -10,10 +10,9 @@ import time
 import grpc
 import pytest
 
-from meshllm.api.controlplane.v1 import scaling_pb2, scaling_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from meshllm.api_key import KeyedStub
-from tests.integration.mesh.autoscaled import autoscaled_mesh
+from tests.integration.mesh.autoscaled import autoscaled_mesh, wait_for_zero
 from tests.status_details import error_details
 
 MODEL = "sim-cold"
@@ -52,25 +51,6 @@ async def mesh(tmp_path_factory):
 async def stub(mesh):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as channel:
         yield KeyedStub(inference_pb2_grpc.InferenceServiceStub(channel), mesh.api_key)
-
-
-async def pool_status(mesh) -> scaling_pb2.ScaledUnit | None:
-    address = f"127.0.0.1:{mesh.options.ports.controlplane}"
-    async with grpc.aio.insecure_channel(address) as channel:
-        status = await scaling_pb2_grpc.ScalingServiceStub(channel).GetScalingStatus(
-            scaling_pb2.GetScalingStatusRequest(), timeout=5)
-    return next((unit for unit in status.units if unit.service == "generation"), None)
-
-
-async def wait_for_zero(mesh, timeout: float = 30.0) -> scaling_pb2.ScaledUnit:
-    deadline = time.monotonic() + timeout
-    while True:
-        pool = await pool_status(mesh)
-        if pool is not None and pool.state == scaling_pb2.SCALING_STATE_SCALED_TO_ZERO \
-                and not mesh.generation:
-            return pool
-        assert time.monotonic() < deadline, f"the pool did not scale to zero: {pool}"
-        await asyncio.sleep(0.2)
 
 
 def request(max_tokens: int = 8) -> inference_pb2.GenerateRequest:

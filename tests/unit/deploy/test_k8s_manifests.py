@@ -16,6 +16,7 @@ from services.controlplane.envoy_binary import envoy_binary_path
 from services.controlplane.scaling_config import load_scaling_config
 from services.generation.config import GenerationSettings
 from services.router.config import RouterSettings
+from tests.unit.deploy.network_policy import Pod, allowed
 
 REPO = Path(__file__).resolve().parents[3]
 SERVICES = ("controlplane", "envoy", "router", "auth", "generation")
@@ -241,3 +242,45 @@ def test_the_kustomizations_list_every_manifest_beside_them():
     listed = set(yaml.safe_load((base / "kustomization.yaml").read_text())["resources"])
     assert listed == {path.name for path in base.glob("*.yaml")} - {"kustomization.yaml",
                                                                      "envoy-bootstrap.yaml"}
+
+
+def mesh_pods(objects) -> dict[str, Pod]:
+    """Each service's pod, as its Deployment's template makes it."""
+    pods = {}
+    for deployment in of_kind(objects, "Deployment"):
+        template = deployment["spec"]["template"]
+        ports = {port["name"]: port["containerPort"]
+                 for container in template["spec"]["containers"]
+                 for port in container.get("ports", [])}
+        pods[labels(deployment)[NAME]] = Pod(deployment["metadata"]["namespace"],
+                                             template["metadata"]["labels"], ports)
+    return pods
+
+
+OUTSIDER = Pod("apps", {"app": "anything"}, {})
+KEDA = Pod("keda", {"app": "keda-operator"}, {})
+PROMETHEUS = Pod("monitoring", {"app": "prometheus"}, {})
+
+
+def test_network_policies_let_only_envoy_reach_replicas_and_only_the_mesh_and_keda_the_control_plane(
+        rendered):
+    policies = of_kind(rendered, "NetworkPolicy")
+    pods = mesh_pods(rendered)
+
+    def may(source: Pod, target: str, port: str) -> bool:
+        return allowed(policies, source, pods[target], port)
+
+    assert may(OUTSIDER, "envoy", "public")
+    for target, port in (("envoy", "mesh"), ("controlplane", "grpc"), ("router", "grpc"),
+                         ("auth", "grpc"), ("generation", "grpc")):
+        assert not may(OUTSIDER, target, port), (target, port)
+    assert may(KEDA, "controlplane", "grpc") and not may(KEDA, "generation", "grpc")
+    for replica in ("router", "auth", "generation"):
+        assert may(pods["envoy"], replica, "grpc")
+        assert may(pods[replica], "controlplane", "grpc")
+        assert may(pods[replica], "envoy", "mesh")
+    assert not may(pods["router"], "generation", "grpc")  # through Envoy's mesh listener only
+    assert not may(pods["generation"], "auth", "grpc")
+    assert may(pods["envoy"], "controlplane", "grpc")
+    for service in ("controlplane", "router", "auth", "generation"):
+        assert may(PROMETHEUS, service, "metrics")
