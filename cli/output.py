@@ -1,4 +1,5 @@
 """How results are written: rich tables for people, the response's proto JSON for scripts."""
+import os
 import sys
 from typing import Annotated
 
@@ -26,9 +27,15 @@ def print_json(message: Message) -> None:
     sys.stdout.write(message_json(message) + "\n")
 
 
+PIPED_WIDTH = 200
+"""Columns for a table written to a pipe or a file (rich would assume 80 and wrap every cell
+of a wide table such as `meshllm status`); COLUMNS still wins when set."""
+
+
 def console() -> Console:
     # soft_wrap: a sentence or a command to copy stays on one line; tables still fit the width.
-    return Console(highlight=False, soft_wrap=True)
+    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return Console(highlight=False, soft_wrap=True, width=PIPED_WIDTH if piped else None)
 
 
 def cell(value: object) -> Text:
