@@ -36,11 +36,15 @@ def set_policy(ctx: typer.Context, tenant_id: TenantId,
                    help="The whole new policy, JSON or YAML, e.g. {\"allowed_models\": "
                         "[\"tiny-llama\"], \"requests_per_minute\": 60}. Fields left out "
                         "are cleared.")],
+               if_version: Annotated[int, typer.Option(
+                   "--if-version", metavar="N", min=0,
+                   help="Replace it only if it is still at version N (what `policy get` "
+                        "showed), so that a change made meanwhile is not overwritten.")] = 0,
                json_output: JsonFlag = False) -> None:
     """Replace a tenant's policy with the one in FILE."""
     policy = read_policy(file)
     response = admin_api(ctx).UpdatePolicy(auth_pb2.UpdatePolicyRequest(
-        tenant_id=tenant_id, policy=policy))
+        tenant_id=tenant_id, policy=policy, expected_policy_version=if_version))
     if json_output:
         return print_json(response)
     console().print(f"Policy of tenant {tenant_id} replaced from {file}: now version "

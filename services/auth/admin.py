@@ -111,8 +111,14 @@ class Admin:
             raise _not_found(f"API key {key_id!r}", "key_id")
         return record
 
-    async def update_policy(self, tenant_id: str, policy: auth_pb2.Policy | None) -> int:
+    async def update_policy(self, tenant_id: str, policy: auth_pb2.Policy | None,
+                            expected_version: int = 0) -> int:
         await self.tenant(tenant_id)
+        if expected_version < 0:
+            raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"expected_policy_version must be 0 (replace whatever is there) "
+                              f"or a version GetPolicy returned, got {expected_version}",
+                              reason="INVALID_POLICY_VERSION", field="expected_policy_version")
         if policy is None:
             # Not an empty policy: that would lift every limit and budget by omission.
             raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT,
@@ -120,8 +126,15 @@ class Admin:
                               "(send an empty one to lift every limit)",
                               reason="INVALID_POLICY", field="policy")
         check_policy(policy)
-        return await self._store.update_policy(tenant_id,
-                                               policy.SerializeToString(deterministic=True))
+        try:
+            return await self._store.update_policy(
+                tenant_id, policy.SerializeToString(deterministic=True), expected_version)
+        except stores.PolicyVersionConflict as conflict:
+            raise CallRefused(
+                grpc.StatusCode.ABORTED,
+                f"{conflict}: it changed since you read it; read it again (GetPolicy) and "
+                "apply your change to that", reason="POLICY_VERSION_CONFLICT",
+                field="expected_policy_version") from None
 
     async def usage(self, request: auth_pb2.GetUsageRequest) -> auth_pb2.GetUsageResponse:
         tenant = await self.tenant(request.tenant_id)

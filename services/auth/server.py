@@ -233,7 +233,8 @@ class AuthAdminServicer(auth_pb2_grpc.AuthServiceServicer):
     @_admin_only
     async def UpdatePolicy(self, request, context):
         version = await self._admin.update_policy(
-            request.tenant_id, request.policy if request.HasField("policy") else None)
+            request.tenant_id, request.policy if request.HasField("policy") else None,
+            request.expected_policy_version)
         return auth_pb2.UpdatePolicyResponse(policy=request.policy, policy_version=version)
 
     @_store_errors

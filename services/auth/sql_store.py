@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, Self
 
 from services.auth.store import (
-    BudgetState, KeyExists, KeyRecord, RequestIdConflict, ReserveResult, StoreError,
-    TenantExists, TenantNotFound, TenantRecord, UsageRecord, UsageRow)
+    BudgetState, KeyExists, KeyRecord, PolicyVersionConflict, RequestIdConflict, ReserveResult,
+    StoreError, TenantExists, TenantNotFound, TenantRecord, UsageRecord, UsageRow)
 from services.auth.store_schema import SCHEMA, SCHEMA_VERSION
 from services.auth.store_threads import ConnectionThreads
 
@@ -74,8 +74,9 @@ class SqlStore:
         rows = await self._db.read(self._rows, f"{_TENANT} ORDER BY id")
         return [self._tenant(row) for row in rows]
 
-    async def update_policy(self, tenant_id: str, policy: bytes) -> int:
-        return await self._db.write(self._update_policy, tenant_id, policy)
+    async def update_policy(self, tenant_id: str, policy: bytes,
+                            expected_version: int = 0) -> int:
+        return await self._db.write(self._update_policy, tenant_id, policy, expected_version)
 
     async def create_key(self, key: KeyRecord) -> None:
         await self._db.write(self._create_key, key)
@@ -158,11 +159,23 @@ class SqlStore:
             raise TenantExists(f"tenant {tenant.id!r} exists already")
         self._bump_revision(db)
 
-    def _update_policy(self, db: Any, tenant_id: str, policy: bytes) -> int:
-        row = self._row(db, "UPDATE tenants SET policy = ?, policy_version = policy_version + 1 "
-                            "WHERE id = ? RETURNING policy_version", (policy, tenant_id))
+    def _update_policy(self, db: Any, tenant_id: str, policy: bytes,
+                       expected_version: int) -> int:
+        # One conditional UPDATE: two admins that read the same version cannot both apply.
+        update = ("UPDATE tenants SET policy = ?, policy_version = policy_version + 1 "
+                  "WHERE id = ?")
+        values: tuple = (policy, tenant_id)
+        if expected_version > 0:
+            update, values = update + " AND policy_version = ?", values + (expected_version,)
+        row = self._row(db, update + " RETURNING policy_version", values)
         if row is None:
-            raise TenantNotFound(f"no tenant {tenant_id!r}")
+            current = self._row(db, "SELECT policy_version FROM tenants WHERE id = ?",
+                                (tenant_id,))
+            if current is None:
+                raise TenantNotFound(f"no tenant {tenant_id!r}")
+            raise PolicyVersionConflict(
+                f"tenant {tenant_id!r}'s policy is at version {current[0]}, not "
+                f"{expected_version}", current_version=current[0])
         self._bump_revision(db)
         return row[0]
 

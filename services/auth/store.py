@@ -22,6 +22,14 @@ class TenantNotFound(StoreError):
     """No tenant has this id."""
 
 
+class PolicyVersionConflict(StoreError):
+    """The policy is no longer at the version the caller expected."""
+
+    def __init__(self, message: str, current_version: int):
+        super().__init__(message)
+        self.current_version = current_version
+
+
 class KeyExists(StoreError):
     """An API key with this id exists already."""
 
@@ -134,9 +142,11 @@ class AuthStore(Protocol):
     async def list_tenants(self) -> list[TenantRecord]:
         """Every tenant, by id."""
 
-    async def update_policy(self, tenant_id: str, policy: bytes) -> int:
-        """Replaces the policy; returns its new version (one more than before).
-        Raises TenantNotFound."""
+    async def update_policy(self, tenant_id: str, policy: bytes,
+                            expected_version: int = 0) -> int:
+        """Replaces the policy; returns its new version (one more than before). With an
+        `expected_version` above 0, only if the policy is still at that version. Raises
+        TenantNotFound, or PolicyVersionConflict."""
 
     async def create_key(self, key: KeyRecord) -> None:
         """Raises KeyExists, or TenantNotFound for a key of no tenant."""

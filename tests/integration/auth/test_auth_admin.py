@@ -98,6 +98,21 @@ async def test_updating_a_policy_replaces_it_and_bumps_its_version(auth):
     assert tenant.policy_version == 3 and tenant.policy.HasField("monthly_budget_micro_usd")
 
 
+async def test_an_update_based_on_a_stale_read_is_aborted_and_changes_nothing(auth):
+    await add_tenant(auth)
+    read = await auth.admin.GetPolicy(auth_pb2.GetPolicyRequest(tenant_id="acme"))
+    mine, theirs = Policy(requests_per_minute=10), Policy(requests_per_minute=99)
+    await auth.admin.UpdatePolicy(auth_pb2.UpdatePolicyRequest(
+        tenant_id="acme", policy=theirs, expected_policy_version=read.policy_version))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await auth.admin.UpdatePolicy(auth_pb2.UpdatePolicyRequest(
+            tenant_id="acme", policy=mine, expected_policy_version=read.policy_version))
+    assert refused.value.code() == grpc.StatusCode.ABORTED
+    assert "version 2, not 1" in refused.value.details()
+    got = await auth.admin.GetPolicy(auth_pb2.GetPolicyRequest(tenant_id="acme"))
+    assert (got.policy, got.policy_version) == (theirs, 2)
+
+
 async def test_usage_sums_settled_calls_by_model_by_label_and_for_one_model(auth):
     await add_tenant(auth, "acme", Policy(prices=PRICES))
     calls = [("r1", "tiny", {"team": "search"}, 100, 10), ("r2", "tiny", {"team": "ads"}, 50, 5),
@@ -177,6 +192,9 @@ HOSTILE = [
        Code.INVALID_ARGUMENT, "tenant_id") for t in BAD_TENANT_IDS),
     ("UpdatePolicy", R.UpdatePolicyRequest(tenant_id="ghost", policy=Policy()), Code.NOT_FOUND,
      "tenant 'ghost'"),
+    ("UpdatePolicy", R.UpdatePolicyRequest(tenant_id="acme", policy=Policy(),
+                                           expected_policy_version=-1), Code.INVALID_ARGUMENT,
+     "expected_policy_version"),
     ("UpdatePolicy", R.UpdatePolicyRequest(tenant_id="acme"), Code.INVALID_ARGUMENT,
      "policy is required"),
     *(("UpdatePolicy", R.UpdatePolicyRequest(tenant_id="acme", policy=Policy(**{field: -1})),

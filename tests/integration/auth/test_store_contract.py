@@ -14,8 +14,9 @@ import pytest
 
 from services.auth.keys import new_key
 from services.auth.store import (
-    BudgetState, KeyExists, KeyRecord, RequestIdConflict, StoreUnavailable, TenantExists,
-    TenantNotFound, TenantRecord, UsageRecord, UsageRow, open_store)
+    BudgetState, KeyExists, KeyRecord, PolicyVersionConflict, RequestIdConflict,
+    StoreUnavailable, TenantExists, TenantNotFound, TenantRecord, UsageRecord, UsageRow,
+    open_store)
 
 PERIOD = "2026-05"
 REPO = Path(__file__).resolve().parents[3]
@@ -82,6 +83,18 @@ async def test_updating_a_policy_stores_it_and_bumps_its_version_by_one(store, c
     assert await store.update_policy("acme", b"v3") == 3
     stored = await store.get_tenant("acme")
     assert (stored.policy, stored.policy_version) == (b"v3", 3)
+
+
+async def test_a_policy_update_that_expects_another_version_changes_nothing(store, clock):
+    await store.create_tenant(tenant("acme", clock.now))
+    assert await store.update_policy("acme", b"v2", expected_version=1) == 2
+    with pytest.raises(PolicyVersionConflict, match="version 2") as conflict:
+        await store.update_policy("acme", b"stale", expected_version=1)
+    assert conflict.value.current_version == 2
+    stored = await store.get_tenant("acme")
+    assert (stored.policy, stored.policy_version) == (b"v2", 2)
+    with pytest.raises(TenantNotFound):
+        await store.update_policy("ghost", b"v", expected_version=1)
 
 
 async def test_keys_read_back_and_list_oldest_first(store, clock):
