@@ -34,6 +34,10 @@ def sim_mesh(args, open_tenant: str) -> LocalMesh:
         )))
 
 
+MAX_ROUNDS = 24
+"""Back-to-back rounds of `streams` calls per repeat, at most: one stream at a time would take
+minutes to reach --min-streams (24 rounds is 120 calls a side over five repeats)."""
+
 POLICIES = {
     "none": auth_pb2.Policy(),
     "requests": auth_pb2.Policy(requests_per_minute=1_000_000),
@@ -52,7 +56,9 @@ async def limit_the_dev_tenant(mesh: LocalMesh, policy: str) -> None:
 async def main(args) -> None:
     on, off = sim_mesh(args, open_tenant=""), sim_mesh(args, open_tenant=DEV_TENANT)
     _, request = requests(args.max_tokens)
-    results: dict[str, list[PathResult]] = {"on": [], "off": []}
+    # results[streams][path]: the runs of one path at one concurrency
+    results: dict[int, dict[str, list[PathResult]]] = {
+        streams: {"on": [], "off": []} for streams in args.concurrency}
     async with on.running(), off.running():
         await limit_the_dev_tenant(on, args.policy)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{on.options.ports.public}") as on_ch, \
@@ -61,34 +67,40 @@ async def main(args) -> None:
                      "off": inference_pb2_grpc.InferenceServiceStub(off_ch)}
             for stub in stubs.values():  # warm connections and caches
                 await run_path(stub, request, 4, 1)
-            rounds = max(args.min_streams // args.concurrency, 2)
-            for _ in range(args.repeats):
-                for name, stub in stubs.items():
-                    results[name].append(await run_path(stub, request, args.concurrency, rounds))
+            for streams in args.concurrency:
+                rounds = min(max(args.min_streams // streams, 2), MAX_ROUNDS)
+                for _ in range(args.repeats):
+                    for name, stub in stubs.items():
+                        results[streams][name].append(
+                            await run_path(stub, request, streams, rounds))
     print_table(results, args)
 
 
-def print_table(results: dict[str, list[PathResult]], args) -> None:
-    merged = {name: PathResult([t for r in runs for t in r.ttfts], sum(r.tokens for r in runs),
-                               sum(r.seconds for r in runs))
-              for name, runs in results.items()}
-    on, off = merged["on"], merged["off"]
+def merged(runs: list[PathResult]) -> PathResult:
+    return PathResult([t for r in runs for t in r.ttfts], sum(r.tokens for r in runs),
+                      sum(r.seconds for r in runs))
+
+
+def print_table(results: dict[int, dict[str, list[PathResult]]], args) -> None:
     print(f"\nmeshllm bench: auth on vs off, sim engine (ttft {args.ttft * 1000:.0f} ms, itl "
-          f"{args.itl * 1000:.0f} ms, {args.max_tokens} tokens/stream), {args.concurrency} "
-          f"streams, {len(on.ttfts)} calls each, {platform.machine()}")
-    print("| path | TTFT p50 / p99 ms | tok/s |")
-    print("|---|---|---|")
-    for name, result in (("ext_authz + rate limit + reservation off (open tenant)", off),
-                         ("ext_authz + rate limit + reservation on", on)):
-        print(f"| {name} | {result.ttft_ms(.5):.1f} / {result.ttft_ms(.99):.1f} "
-              f"| {result.tokens_per_second:.0f} |")
-    print(f"| on − off | {on.ttft_ms(.5) - off.ttft_ms(.5):+.1f} / "
-          f"{on.ttft_ms(.99) - off.ttft_ms(.99):+.1f} | |")
+          f"{args.itl * 1000:.0f} ms, {args.max_tokens} tokens/stream), 'on' policy "
+          f"{args.policy} (ext_authz, rate limit, reservation), 'off' an open tenant, "
+          f"{platform.machine()}")
+    print("| streams | calls a side | TTFT p50 / p99 ms off | on | on − off | tok/s off / on |")
+    print("|---|---|---|---|---|---|")
+    for streams, paths in results.items():
+        on, off = merged(paths["on"]), merged(paths["off"])
+        print(f"| {streams} | {len(on.ttfts)} | {off.ttft_ms(.5):.1f} / {off.ttft_ms(.99):.1f} "
+              f"| {on.ttft_ms(.5):.1f} / {on.ttft_ms(.99):.1f} "
+              f"| {on.ttft_ms(.5) - off.ttft_ms(.5):+.1f} / "
+              f"{on.ttft_ms(.99) - off.ttft_ms(.99):+.1f} "
+              f"| {off.tokens_per_second:.0f} / {on.tokens_per_second:.0f} |")
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16],
+                        help="streams at once; one row each (the target is read at 16)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--ttft", type=float, default=0.02, help="sim time to first token, s")
     parser.add_argument("--itl", type=float, default=0.005, help="sim inter-token latency, s")
