@@ -45,6 +45,11 @@ def waiting_event(waited: float) -> inference_pb2.GenerateResponse:
                 "scaled to zero)"))
 
 
+def _found_no_replica(refused: CallRefused, started: bool) -> bool:
+    """Envoy had no replica to give the call to, and nothing was streamed: it can be held."""
+    return not started and refused.reason == NO_REPLICA_REASON
+
+
 class ColdStartHold:
     """The stream stage that holds calls for pools at zero (see the module)."""
 
@@ -87,7 +92,7 @@ class ColdStartHold:
                     yield event
             return
         except CallRefused as refused:
-            if started or refused.reason != NO_REPLICA_REASON:
+            if not _found_no_replica(refused, started):
                 raise
             # At most one registry call per poll, however many calls fail together.
             pool = (await self._catalog.pools(max_age=self._poll_seconds)).get(
@@ -124,7 +129,7 @@ class ColdStartHold:
             except CallRefused as refused:
                 # The registry lists a new replica a moment before Envoy routes to it (its
                 # endpoint still on the way, or its first health check): hold again.
-                if started or refused.reason != NO_REPLICA_REASON \
+                if not _found_no_replica(refused, started) \
                         or time.perf_counter() - first_release > self._rehold_seconds:
                     raise
                 log.info("cold_start_call_held_again", model=model, detail=refused.message)

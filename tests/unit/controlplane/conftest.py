@@ -7,10 +7,16 @@ from google.protobuf import json_format
 
 from services.controlplane.bootstrap import render_bootstrap
 from services.controlplane.envoy_binary import envoy_binary_path
+from tests.fake_clock import FakeClock
 
 
 def _as_dict(message) -> dict:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture

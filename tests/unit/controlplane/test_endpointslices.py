@@ -17,7 +17,6 @@ from services.controlplane.endpointslices import (EndpointSliceDiscovery, Endpoi
                                                   InvalidSlice, KubernetesSlices, WatchExpired,
                                                   replicas_of)
 from services.controlplane.registry import Replica, ReplicaRegistry
-from tests.fake_clock import FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures" / "endpointslices"
 GENERATION_0 = "generation-tiny-llama-7c9f8d6b5-x2k4p"
@@ -38,11 +37,6 @@ def recorded(service: str) -> dict:
     (found,) = [s for s in recorded_slices()
                 if s["metadata"]["labels"]["app.kubernetes.io/name"] == service]
     return found
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture

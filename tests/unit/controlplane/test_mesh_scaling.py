@@ -4,17 +4,11 @@ import pytest
 
 from services.controlplane.autoscaling import ScalingSettings
 from services.controlplane.registry import ReplicaRegistry
-from tests.fake_clock import FakeClock
 from tests.mesh_scaling import mesh_scaling
 from tests.unit.controlplane.test_replica_registry import replica
 
 ROUTER = ScalingSettings(min_replicas=1, max_replicas=2, target_concurrency=64,
                          stable_window_seconds=10, panic_window_seconds=2)
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture

@@ -2,17 +2,11 @@ import pytest
 
 from services.controlplane.lease_clock import StallForgivingClock
 from services.controlplane.registry import Expiry, InvalidReplica, Replica, ReplicaRegistry
-from tests.fake_clock import FakeClock
 
 
 def replica(replica_id="r1", service="generation", port=5001, model="tiny", **kw) -> Replica:
     return Replica(replica_id=replica_id, service=service, host="127.0.0.1", port=port,
                    model=model, **kw)
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture
