@@ -15,10 +15,11 @@ import tempfile
 from pathlib import Path
 
 from bench.overhead import PathResult, requests, run_path
+from bench.tenants import open_tenant_policy_env, set_dev_tenant_policy, unmoderated
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
-from meshllm.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from meshllm.api.auth.v1 import auth_pb2
 from meshllm.api.inference.v1 import inference_pb2_grpc
-from meshllm.api_key import KeyedStub, keyed_channel
+from meshllm.api_key import KeyedStub
 from services.auth.dev_tenant import DEV_TENANT
 import grpc
 
@@ -26,6 +27,7 @@ import grpc
 def sim_mesh(args, open_tenant: str) -> LocalMesh:
     return LocalMesh(MeshOptions(
         ports=MeshPorts.free(), engine="sim", open_tenant=open_tenant,
+        controlplane_env=open_tenant_policy_env(unmoderated()) if open_tenant else (),
         workdir=Path(tempfile.mkdtemp(prefix="bench-auth-")),
         generation_env=(
             ("MESHLLM_GENERATION_SIM_TIME_TO_FIRST_TOKEN_SECONDS", str(args.ttft)),
@@ -38,19 +40,14 @@ MAX_ROUNDS = 24
 """Back-to-back rounds of `streams` calls per repeat, at most: one stream at a time would take
 minutes to reach --min-streams (24 rounds is 120 calls a side over five repeats)."""
 
-POLICIES = {
-    "none": auth_pb2.Policy(),
-    "requests": auth_pb2.Policy(requests_per_minute=1_000_000),
-    "requests+tokens": auth_pb2.Policy(requests_per_minute=1_000_000,
-                                       tokens_per_minute=1_000_000_000),
+POLICIES = {  # moderation off on both sides: bench.moderation_overhead measures it
+    "none": unmoderated(),
+    "requests": unmoderated(auth_pb2.Policy(requests_per_minute=1_000_000)),
+    "requests+tokens": unmoderated(auth_pb2.Policy(requests_per_minute=1_000_000,
+                                                   tokens_per_minute=1_000_000_000)),
 }
 
 
-async def limit_the_dev_tenant(mesh: LocalMesh, policy: str) -> None:
-    """Limits that every call is checked against and none reaches."""
-    async with keyed_channel(f"127.0.0.1:{mesh.options.ports.public}", mesh.api_key) as channel:
-        await auth_pb2_grpc.AuthServiceStub(channel).UpdatePolicy(auth_pb2.UpdatePolicyRequest(
-            tenant_id=DEV_TENANT, policy=POLICIES[policy]), timeout=10)
 
 
 async def main(args) -> None:
@@ -60,7 +57,8 @@ async def main(args) -> None:
     results: dict[int, dict[str, list[PathResult]]] = {
         streams: {"on": [], "off": []} for streams in args.concurrency}
     async with on.running(), off.running():
-        await limit_the_dev_tenant(on, args.policy)
+        # Limits that every call is checked against and none reaches.
+        await set_dev_tenant_policy(on, POLICIES[args.policy])
         async with grpc.aio.insecure_channel(f"127.0.0.1:{on.options.ports.public}") as on_ch, \
                 grpc.aio.insecure_channel(f"127.0.0.1:{off.options.ports.public}") as off_ch:
             stubs = {"on": KeyedStub(inference_pb2_grpc.InferenceServiceStub(on_ch), on.api_key),

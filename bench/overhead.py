@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import psutil
 
+from bench.tenants import set_dev_tenant_policy, unmoderated
 from meshllm.api_key import KeyedStub
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
@@ -61,11 +62,15 @@ async def one_stream(stub, request) -> tuple[float, int, list[float]]:
     started = time.perf_counter()
     ttft, tokens, arrivals = None, 0, []
     async for event in stub.Generate(request, timeout=120):
-        if event.WhichOneof("event") == "delta":
+        kind = event.WhichOneof("event")
+        if kind == "delta":
             arrivals.append(time.perf_counter())
             if ttft is None:
                 ttft = arrivals[-1] - started
             tokens += len(event.delta.token_ids)
+        elif kind == "finished":
+            # Moderated deltas carry text only: the finished event counts what was delivered.
+            tokens = event.finished.usage.completion_tokens or tokens
     return ttft, tokens, arrivals
 
 
@@ -104,6 +109,7 @@ async def main(args) -> None:
     direct_request, mesh_request = requests(args.max_tokens)
     rows = []
     async with mesh.running(generation_replicas=1):
+        await set_dev_tenant_policy(mesh, unmoderated())
         (replica,) = mesh.generation.values()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as direct, \
                 grpc.aio.insecure_channel(f"127.0.0.1:{options.ports.public}") as public:

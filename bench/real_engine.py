@@ -27,6 +27,7 @@ import aiohttp
 import grpc
 import psutil
 
+from bench.tenants import set_dev_tenant_policy, unmoderated
 from meshllm.api_key import KeyedStub
 from deploy.local.cpu_layout import CpuLayout
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
@@ -172,6 +173,8 @@ async def main(args) -> None:
     cancels: dict[int, list[float]] = {n: [] for n in args.cancel_streams}
     try:
         await asyncio.gather(_start_server(server, port), mesh.start(generation_replicas=1))
+        # The stream path beside vLLM's own server; moderation's cost is its own benchmark.
+        await set_dev_tenant_policy(mesh, unmoderated())
         (replica,) = mesh.generation.values()
         connector = aiohttp.TCPConnector(limit=args.concurrency * 2)
         async with aiohttp.ClientSession(connector=connector,

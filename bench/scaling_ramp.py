@@ -20,6 +20,7 @@ from bench.overhead import one_stream, requests
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.controlplane.v1 import scaling_pb2, scaling_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2_grpc
+from bench.tenants import set_dev_tenant_policy, unmoderated
 from meshllm.api_key import KeyedStub
 
 SCALING = """
@@ -80,6 +81,7 @@ async def main(args) -> None:
     _, request = requests(args.max_tokens)
     rows = []
     async with mesh.running(generation_replicas=1):
+        await set_dev_tenant_policy(mesh, unmoderated())
         async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as ch, \
                 grpc.aio.insecure_channel(
                     f"127.0.0.1:{mesh.options.ports.controlplane}") as control:

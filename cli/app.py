@@ -6,7 +6,7 @@ from typing import Annotated
 import grpc
 import typer
 
-from cli import admin_keys, admin_policy, admin_tenants, admin_usage, scaling
+from cli import admin_keys, admin_policy, admin_tenants, admin_usage, audit, scaling
 from cli.connection import (CONTROLPLANE_ENV, DEFAULT_CONTROLPLANE, DEFAULT_ENDPOINT,
                             DEV_KEY_FILE, ENDPOINT_ENV, Connection)
 from cli.errors import BAD_INPUT_EXIT, CALL_FAILED_EXIT, InputError, call_error_line, one_line
@@ -22,6 +22,7 @@ admin.add_typer(admin_keys.app, name="keys")
 admin.add_typer(admin_policy.app, name="policy")
 admin.command("usage")(admin_usage.usage)
 app.add_typer(admin, name="admin")
+app.add_typer(audit.app, name="audit")
 app.command("status")(scaling.status)
 app.command("scale")(scaling.scale)
 

@@ -64,7 +64,8 @@ class Connection:
     _channel: grpc.Channel | None = field(default=None, repr=False)
     _controlplane_channel: grpc.Channel | None = field(default=None, repr=False)
 
-    def _open(self) -> grpc.Channel:
+    def public_channel(self) -> grpc.Channel:
+        """The channel to the public endpoint, opened at the first call."""
         if self._channel is None:
             self._channel = (
                 grpc.secure_channel(self.endpoint, grpc.ssl_channel_credentials())
@@ -74,7 +75,7 @@ class Connection:
     def admin(self) -> DeadlinedCalls:
         """meshllm.auth.v1.AuthService, the admin API."""
         key = resolve_api_key(self.api_key)
-        return DeadlinedCalls(auth_pb2_grpc.AuthServiceStub(self._open()), bearer(key))
+        return DeadlinedCalls(auth_pb2_grpc.AuthServiceStub(self.public_channel()), bearer(key))
 
     def scaling(self) -> DeadlinedCalls:
         """meshllm.controlplane.v1.ScalingService. The control plane's port is not public:

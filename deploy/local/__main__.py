@@ -30,6 +30,8 @@ def ready_banner(options: MeshOptions, api_key: str) -> str:
             f"  {GRPCURL} -plaintext {key_header} -d '{request}' {endpoint} "
             "meshllm.inference.v1.InferenceService/Generate\n"
             f"  {REPO_ROOT / '.venv' / 'bin' / 'meshllm'} admin tenants list\n"
+            f"  {REPO_ROOT / '.venv' / 'bin' / 'meshllm'} audit verify   "
+            "(the moderation verdict trail)\n"
             f"  {REPO_ROOT / '.venv' / 'bin' / 'meshllm'} --controlplane "
             f"localhost:{options.ports.controlplane} status\n"
             "Ctrl-C stops everything.\n")

@@ -59,6 +59,8 @@ class MeshOptions:
     redis_url: str = ""
     """Shared rate-limit counters; empty keeps them in each auth replica."""
     auth_env: tuple[tuple[str, str], ...] = ()
+    moderation_replicas: int = 1
+    moderation_env: tuple[tuple[str, str], ...] = ()
     router_env: tuple[tuple[str, str], ...] = ()
     controlplane_env: tuple[tuple[str, str], ...] = ()
     open_tenant: str = ""
@@ -87,11 +89,13 @@ class LocalMesh:
         self.routers: dict[str, ManagedProcess] = {}
         self.generation: dict[str, ManagedProcess] = {}
         self.auth: dict[str, ManagedProcess] = {}
+        self.moderation: dict[str, ManagedProcess] = {}
         self.api_key = ""
         """The dev tenant's admin key: `authorization: Bearer <api_key>` on public calls."""
         self.cpu_layout = cpu_layout(options.engine, options.mesh_cpus)
         self._replica_ids = (f"generation-{n}" for n in itertools.count(1))
         self._auth_ids = (f"auth-{n}" for n in itertools.count(1))
+        self._moderation_ids = (f"moderation-{n}" for n in itertools.count(1))
         self._router_ids = (f"router-{n}" for n in itertools.count(1))
         self._autoscaling: asyncio.Task | None = None
         self._warm_ids = (f"warm-{n}" for n in itertools.count(1))
@@ -124,9 +128,10 @@ class LocalMesh:
         await asyncio.gather(*(self.add_auth_replica() for _ in range(self.options.auth_replicas)))
         await asyncio.gather(
             self.start_router(),
+            *(self.add_moderation_replica() for _ in range(self.options.moderation_replicas)),
             *(self.add_generation_replica() for _ in range(generation_replicas)))
-        await self.wait_until_routed(
-            [self.router, *self.auth.values(), *self.generation.values()])
+        await self.wait_until_routed([self.router, *self.auth.values(),
+                                      *self.moderation.values(), *self.generation.values()])
         if self.options.autoscale:
             await self.start_autoscaling()
 
@@ -158,6 +163,26 @@ class LocalMesh:
             **dict(self.options.auth_env),
         })
         self.auth[replica_id] = process
+        return process
+
+    async def add_moderation_replica(self) -> ManagedProcess:
+        return await self.supervisor.start(self.moderation_replica(), timeout=120)
+
+    def moderation_replica(self) -> ManagedProcess:
+        """A moderation replica, listed in `moderation` but not started yet. Every replica
+        shares the verdict trail's file and signing key in the work dir."""
+        replica_id = next(self._moderation_ids)
+        ports, host = self.options.ports, self.options.host
+        process = self._python(replica_id, "services.moderation", {
+            "MESHLLM_MODERATION_HOST": host,
+            "MESHLLM_MODERATION_REPLICA_ID": replica_id,
+            "MESHLLM_MODERATION_CONTROLPLANE_ADDRESS": f"{host}:{ports.controlplane}",
+            "MESHLLM_MODERATION_AUDIT_DATABASE": str(self.options.workdir / "moderation-audit.db"),
+            "MESHLLM_MODERATION_AUDIT_SIGNING_KEY": str(
+                self.options.workdir / "moderation-audit.key"),
+            **dict(self.options.moderation_env),
+        })
+        self.moderation[replica_id] = process
         return process
 
     @asynccontextmanager
@@ -292,7 +317,8 @@ class LocalMesh:
                         self.generation, self.generation_replica,
                         start=self.start_generation_replica, stop=self.supervisor.stop),
                     "router": scaled(self.routers, self.router_replica, 60),
-                    "auth": scaled(self.auth, self.auth_replica, 60)}
+                    "auth": scaled(self.auth, self.auth_replica, 60),
+                    "moderation": scaled(self.moderation, self.moderation_replica, 120)}
         self._autoscaling = asyncio.create_task(
             follow_autoscaler(f"{host}:{ports.controlplane}", services), name="autoscaling")
 

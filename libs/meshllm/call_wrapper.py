@@ -16,7 +16,8 @@ import grpc
 
 from meshllm.call_scope import CallScope
 from meshllm.errors import CallRefused, refuse
-from meshllm.lenient_requests import lenient, reject_unparseable
+from meshllm.lenient_requests import (Unparseable, lenient, reject_unparseable,
+                                      unparseable_message)
 from meshllm.logging import get_logger
 
 log = get_logger(__name__)
@@ -65,6 +66,12 @@ def _wrap(handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodH
             _wrap_stream(handler.unary_stream, method),
             request_deserializer=parse,
             response_serializer=_passing_bytes(handler.response_serializer),
+        )
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_bidi(handler.stream_stream, method),
+            request_deserializer=parse,
+            response_serializer=handler.response_serializer,
         )
     return handler
 
@@ -121,3 +128,23 @@ def _wrap_stream(behaviour, method: str):
                         await context.write(message)
 
     return stream
+
+
+def _wrap_bidi(behaviour, method: str):
+    async def bidi(requests, context) -> None:
+        with CallScope(method, context) as scope:
+            async with _answering_failures(context, method, scope.request_id):
+                async with aclosing(behaviour(_parsed(requests, method), context)) as messages:
+                    async for message in messages:
+                        await context.write(message)
+
+    return bidi
+
+
+async def _parsed(requests, method: str):
+    """The stream's requests; one that did not parse ends the call as INVALID_ARGUMENT."""
+    async for request in requests:
+        if isinstance(request, Unparseable):
+            raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT, unparseable_message(
+                method, request), reason="UNPARSEABLE_REQUEST")
+        yield request

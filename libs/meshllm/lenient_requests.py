@@ -20,9 +20,12 @@ def lenient(deserializer):
     return parse
 
 
+def unparseable_message(method: str, request: Unparseable) -> str:
+    return (f"the request to {method} is not a valid protobuf message for this method "
+            f"({request.error}); generate the client from the published protos")
+
+
 async def reject_unparseable(request, context: grpc.aio.ServicerContext, method: str) -> None:
     if isinstance(request, Unparseable):
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"the request to {method} is not a valid protobuf message for this method "
-            f"({request.error}); generate the client from the published protos")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            unparseable_message(method, request))

@@ -39,6 +39,13 @@ class Tenancy:
             return None
         return cls(tenant, auth_pb2.Policy.FromString(policy), version)
 
+    def metadata(self) -> list[tuple[str, str | bytes]]:
+        """The headers this tenancy was read from, for a call the router makes on its behalf
+        (moderation judges under the same policy)."""
+        return [(TENANT_HEADER, self.tenant),
+                (POLICY_HEADER, self.policy.SerializeToString()),
+                (POLICY_VERSION_HEADER, str(self.policy_version))]
+
 
 def cost_micro_usd(policy: auth_pb2.Policy, model: str, prompt_tokens: int,
                    completion_tokens: int) -> int:

@@ -10,6 +10,8 @@ from meshllm.tenancy import (KEY_ID_HEADER, POLICY_HEADER, POLICY_VERSION_HEADER
 from services.auth.identity_cache import Identity, IdentityCache
 
 ADMIN_PATH_PREFIX = "/meshllm.auth.v1.AuthService/"
+ADMIN_PATH_PREFIXES = (ADMIN_PATH_PREFIX, "/meshllm.moderation.v1.AuditService/")
+"""The admin APIs: auth's own, and moderation's verdict trail. Admin keys only."""
 _BEARER = "bearer "
 _MAX_AUTHORIZATION = 512
 
@@ -53,7 +55,7 @@ async def authorize(path: str, authorization: str | None,
     if identity is None:
         return _unauthenticated("API_KEY_INVALID",
                                 "the API key is unknown or revoked; ask your admin for a new one")
-    if path.startswith(ADMIN_PATH_PREFIX) and identity.role != auth_pb2.API_KEY_ROLE_ADMIN:
+    if path.startswith(ADMIN_PATH_PREFIXES) and identity.role != auth_pb2.API_KEY_ROLE_ADMIN:
         return Denied(grpc.StatusCode.PERMISSION_DENIED, "ADMIN_ROLE_REQUIRED",
                       f"API key {identity.key_id} is not an admin key; the admin API needs one")
     return Allowed(identity)

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 from meshllm.api.auth.v1 import auth_pb2
 from meshllm.errors import CallRefused
+from meshllm.moderation_policy import check_moderation_policy
 import grpc
 
 # Matched with fullmatch: `$` would also accept a trailing newline.
@@ -82,6 +83,8 @@ def check_policy(policy: auth_pb2.Policy, field: str = "policy") -> None:
     if policy.moderation_strictness not in auth_pb2.ModerationStrictness.values():
         raise _invalid(f"{field}.moderation_strictness",
                        f"{field}.moderation_strictness {policy.moderation_strictness} is unknown")
+    if problem := check_moderation_policy(policy.moderation, f"{field}.moderation"):
+        raise _invalid(*problem)
 
 
 def budget_scopes(policy: auth_pb2.Policy, labels) -> list[tuple[str, int]]:

@@ -1,7 +1,10 @@
 """Control plane settings: MESHLLM_CONTROLPLANE_*."""
 from typing import Literal
 
+from google.protobuf import json_format
 from pydantic_settings import SettingsConfigDict
+
+from meshllm.api.auth.v1 import auth_pb2
 
 from meshllm.settings import ServiceSettings
 from services.controlplane.resources import EnvoyLayout
@@ -60,6 +63,9 @@ class ControlPlaneSettings(ServiceSettings):
     limits and are all that tenant's (the ledger still records them); the admin API still
     needs an admin key. For a private single-tenant endpoint, or to measure auth's own cost
     (make bench); never on a shared endpoint."""
+    open_tenant_policy: str = ""
+    """With an open tenant: its policy, as JSON of meshllm.auth.v1.Policy fields (e.g.
+    '{"moderation": {"output_disabled": true}}'); empty is the default policy."""
 
     scaling_config: str = ""
     """The autoscaler's settings per service and pool (a TOML file); empty: the embedded
@@ -97,4 +103,11 @@ class ControlPlaneSettings(ServiceSettings):
             health_check_timeout_seconds=self.health_check_timeout_seconds,
             auth_timeout_seconds=self.auth_timeout_seconds,
             open_tenant=self.open_tenant,
+            open_tenant_policy=_policy_bytes(self.open_tenant_policy),
         )
+
+
+def _policy_bytes(policy_json: str) -> bytes:
+    if not policy_json:
+        return b""
+    return json_format.Parse(policy_json, auth_pb2.Policy()).SerializeToString()

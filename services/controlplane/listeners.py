@@ -9,6 +9,8 @@ Mesh: service to service, the router filter alone (callers there are our own ser
 
 Checked by `envoy --mode validate` in tests/unit/controlplane/test_listeners.py.
 """
+import base64
+
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
@@ -26,7 +28,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import wrappers_pb2
 
 from meshllm.protos import duration
-from meshllm.tenancy import IDENTITY_HEADERS, TENANT_HEADER
+from meshllm.tenancy import IDENTITY_HEADERS, POLICY_HEADER, TENANT_HEADER
 from services.controlplane.resources import (
     AUTH_CLUSTER, MESH_LISTENER, PUBLIC_LISTENER, EnvoyLayout, listener, pack,
 )
@@ -59,7 +61,8 @@ def _auth_service(layout: EnvoyLayout) -> grpc_service_pb2.GrpcService:
             host_selection_retry_max_attempts=3))
 
 
-def strip_identity_headers(open_tenant: str = "") -> hcm_pb2.HttpFilter:
+def strip_identity_headers(open_tenant: str = "",
+                           open_tenant_policy: bytes = b"") -> hcm_pb2.HttpFilter:
     """Removes every client-sent copy of the headers only ext_authz may set; with an open
     tenant, asserts that tenant instead (ext_authz is off on the inference routes then).
 
@@ -73,6 +76,13 @@ def strip_identity_headers(open_tenant: str = "") -> hcm_pb2.HttpFilter:
             append=base_pb2.HeaderValueOption(
                 header=base_pb2.HeaderValue(key=TENANT_HEADER, value=open_tenant),
                 append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)))
+        if open_tenant_policy:  # a -bin header's value is base64 on the wire
+            mutations.request_mutations.append(mutation_rules_pb2.HeaderMutation(
+                append=base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(
+                        key=POLICY_HEADER,
+                        value=base64.b64encode(open_tenant_policy).decode().rstrip("=")),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)))
     return hcm_pb2.HttpFilter(name=STRIP_IDENTITY_FILTER, typed_config=pack(
         header_mutation_pb2.HeaderMutation(mutations=mutations)))
 
@@ -147,7 +157,8 @@ def public_local_replies() -> hcm_pb2.LocalReplyConfig:
 
 def public_http_filters(layout: EnvoyLayout) -> list[hcm_pb2.HttpFilter]:
     """The public listener's filters before the router, in order."""
-    return [strip_identity_headers(layout.open_tenant), ext_authz(layout), rate_limit(layout)]
+    return [strip_identity_headers(layout.open_tenant, layout.open_tenant_policy),
+            ext_authz(layout), rate_limit(layout)]
 
 
 def public_listener(layout: EnvoyLayout,

@@ -29,6 +29,7 @@ PUBLIC_LISTENER = "public"
 MESH_LISTENER = "mesh"
 ROUTER_CLUSTER = "router"
 AUTH_CLUSTER = "auth"
+MODERATION_CLUSTER = "moderation"
 # Set on purpose: Envoy's default of 1,024 per cluster would cap concurrent streams (each
 # stream holds one request for its whole length).
 CIRCUIT_BREAKER_LIMIT = 10_000
@@ -51,6 +52,8 @@ class EnvoyLayout:
     open_tenant: str = ""
     """Non-empty: public inference calls need no key and belong to this tenant (see
     ControlPlaneSettings.open_tenant)."""
+    open_tenant_policy: bytes = b""
+    """The open tenant's serialized policy; empty is the default policy."""
 
 
 def generation_cluster_name(model: str) -> str:

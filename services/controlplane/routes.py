@@ -17,7 +17,8 @@ from meshllm.protos import MODEL_HEADER, duration
 from meshllm.tenancy import REQUEST_LIMIT_HEADER, TENANT_HEADER
 from services.controlplane.listeners import EXT_AUTHZ_FILTER
 from services.controlplane.resources import (
-    AUTH_CLUSTER, MESH_LISTENER, PUBLIC_LISTENER, ROUTER_CLUSTER, generation_cluster_name, pack,
+    AUTH_CLUSTER, MESH_LISTENER, MODERATION_CLUSTER, PUBLIC_LISTENER, ROUTER_CLUSTER,
+    generation_cluster_name, pack,
     service_cluster_name,
 )
 
@@ -29,6 +30,10 @@ REFLECTION_PREFIX = "/grpc.reflection."
 # which spends budgets) only on the mesh, for the router.
 AUTH_ADMIN_PREFIX = "/meshllm.auth.v1.AuthService/"
 AUTH_USAGE_PREFIX = "/meshllm.auth.v1.UsageService/"
+# Moderation likewise: the router's ModerationService on the mesh only (it trusts the tenant
+# headers its caller sends), the audit API public, behind ext_authz's admin check.
+MODERATION_PREFIX = "/meshllm.moderation.v1.ModerationService/"
+AUDIT_PREFIX = "/meshllm.moderation.v1.AuditService/"
 TENANT_DESCRIPTOR_KEY = "tenant"
 LIMIT_DESCRIPTOR_KEY = "limit"
 """The rate-limit descriptor entry of an inference call: ("tenant", <the tenant id that
@@ -114,6 +119,12 @@ def _auth_route(name: str, prefix: str) -> route_components_pb2.Route:
         route=_unary_route_action(AUTH_CLUSTER, retry_policy(AUTH_RETRY_ON, num_retries=2)))
 
 
+def _audit_route() -> route_components_pb2.Route:
+    """Reading the trail changes nothing: retried like any service call."""
+    return _prefix_route("moderation-audit", AUDIT_PREFIX, MODERATION_CLUSTER,
+                         retry_policy(SERVICE_RETRY_ON, num_retries=2))
+
+
 def tenant_rate_limit() -> route_components_pb2.RateLimit:
     """One descriptor per call of a tenant with a request limit, ("tenant", <x-meshllm-tenant>),
     ("limit", <its requests per minute>), which the rate limit filter sends to the auth service
@@ -149,7 +160,7 @@ def public_routes(open_tenant: str = "") -> route_pb2.RouteConfiguration:
         inference.route.rate_limits.append(tenant_rate_limit())
     return route_pb2.RouteConfiguration(name=PUBLIC_LISTENER, virtual_hosts=[
         route_components_pb2.VirtualHost(name=PUBLIC_LISTENER, domains=["*"], routes=[
-            inference, reflection, _auth_route("auth-admin", AUTH_ADMIN_PREFIX),
+            inference, reflection, _auth_route("auth-admin", AUTH_ADMIN_PREFIX), _audit_route(),
         ])])
 
 
@@ -193,6 +204,8 @@ def mesh_routes(pool_sizes: Mapping[str, int],
                 "(missing, or no replica of it ever registered)")))))
     routes.append(_auth_route("auth-usage", AUTH_USAGE_PREFIX))
     service_retries = retry_policy(SERVICE_RETRY_ON, num_retries=2)
+    routes.append(_prefix_route("moderation", MODERATION_PREFIX, MODERATION_CLUSTER,
+                                service_retries))
     routes.extend(_prefix_route(service, f"/meshllm.{service}.v1.", service_cluster_name(service),
                                 service_retries)
                   for service in services)

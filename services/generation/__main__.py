@@ -41,6 +41,8 @@ def build_engine(settings: GenerationSettings) -> Engine:
             inter_token_latency=settings.sim_inter_token_latency_seconds,
             max_running_requests=settings.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS,
             load_seconds=settings.sim_load_seconds,
+            text=settings.sim_text,
+            echo_prompt=settings.sim_echo_prompt,
         )
     from services.generation.vllm_engine import VllmEngine
 

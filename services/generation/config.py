@@ -58,6 +58,10 @@ class GenerationSettings(ServiceSettings):
     sim_inter_token_latency_seconds: float = 0.01
     sim_load_seconds: float = 0.0
     """How long the sim engine takes to start, as loading a model would: cold starts."""
+    sim_text: str = ""
+    """The text the sim engine generates, repeated; empty: a fixed sentence about the mesh."""
+    sim_echo_prompt: bool = False
+    """The sim engine generates the prompt it was sent (what reached the engine), repeated."""
 
     def model_name(self) -> str:
         if self.served_model_name:

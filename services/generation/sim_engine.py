@@ -2,11 +2,15 @@
 
 Time to first token and inter-token latency are asyncio sleeps; validation, accounting
 (a real running count, KV usage from tokens in flight) and abort behave like the vLLM engine.
+The text is a fixed sentence repeated, a text of the operator's (the words of a moderation
+benchmark), or the prompt itself (echo: what the engine was sent, for tests), one word or
+punctuation mark per token.
 Never the default: select it with MESHLLM_ENGINE=sim.
 """
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 
 from services.generation.engine import (
@@ -41,10 +45,30 @@ def count_prompt_tokens(request: GenerationRequest) -> int:
     return len((request.prompt or "").split())
 
 
-def word_for(position: int, seed: int) -> tuple[str, int]:
-    """The text and token id of the generated token at `position` (0-based)."""
-    index = (position + seed) % len(WORDS)
-    return ("" if position == 0 else " ") + WORDS[index], index
+_TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])")
+"""A sim token: a word or one punctuation mark, with the whitespace before it."""
+
+
+def sim_tokens(text: str) -> tuple[str, ...]:
+    return tuple(_TOKEN.findall(text))
+
+
+DEFAULT_TOKENS = sim_tokens(" ".join(WORDS))
+
+
+def word_for(position: int, seed: int,
+             tokens: tuple[str, ...] = DEFAULT_TOKENS) -> tuple[str, int]:
+    """The text and token id of the generated token at `position` (0-based), from `tokens`
+    repeated."""
+    index = (position + seed) % len(tokens)
+    text = tokens[index]
+    return (text.lstrip() if position == 0 else text), index
+
+
+def prompt_text(request: GenerationRequest) -> str:
+    if request.messages is not None:
+        return " ".join(turn.content for turn in request.messages)
+    return request.prompt or ""
 
 
 class SimEngine:
@@ -64,6 +88,8 @@ class SimEngine:
         kv_cache_tokens: int = 16384,
         max_running_requests: int = DEFAULT_MAX_RUNNING_REQUESTS,
         load_seconds: float = 0.0,
+        text: str = "",
+        echo_prompt: bool = False,
     ) -> None:
         self._model_name = model_name
         self._load_seconds = load_seconds
@@ -77,6 +103,8 @@ class SimEngine:
         self._waiting = 0
         self._tokens_in_use = 0
         self._stopping = False
+        self._tokens = sim_tokens(text) or DEFAULT_TOKENS
+        self._echo_prompt = echo_prompt
 
     @property
     def model_name(self) -> str:
@@ -109,6 +137,7 @@ class SimEngine:
         self._running += 1
         self._tokens_in_use += prompt_tokens
         clock.mark_scheduled()
+        tokens = (sim_tokens(prompt_text(request)) if self._echo_prompt else ()) or self._tokens
         loop = asyncio.get_running_loop()
         first_due = loop.time() + self._ttft
         reason, completion = FinishReason.LENGTH, 0
@@ -122,7 +151,7 @@ class SimEngine:
                     break
                 due = request.max_tokens if self._itl <= 0 else min(
                     request.max_tokens, 1 + int((loop.time() - first_due) / self._itl))
-                words = [word_for(position, request.seed or 0)
+                words = [word_for(position, request.seed or 0, tokens)
                          for position in range(completion, max(due, completion + 1))]
                 clock.mark_token()
                 completion += len(words)

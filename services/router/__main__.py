@@ -15,6 +15,8 @@ from services.router.server import InferenceServicer
 from services.router.checks import ChooseModel, check_request, check_tenant_policy
 from services.router.cold_start import ColdStartHold
 from services.router.metering import Metering, Settlements
+from services.router.moderation import Moderation
+from services.router.moderation_client import ModerationClient
 
 
 async def main(settings: RouterSettings) -> None:
@@ -38,7 +40,10 @@ async def main(settings: RouterSettings) -> None:
     pipeline = Pipeline(
         checks=[check_request, ChooseModel(catalog, settings.default_model),
                 check_tenant_policy],
-        stream_stages=[hold, Metering(accounting, settlements)],
+        # Moderation first: a call whose input is blocked waits for no cold start and holds
+        # no budget; its output is judged after generation and metering saw every token.
+        stream_stages=[Moderation(ModerationClient(mesh, settings.moderation_timeout_seconds)),
+                       hold, Metering(accounting, settlements)],
         last=GenerationClient(mesh))
     server = MeshServer(settings, service="router")
     server.add_service(inference_pb2_grpc.add_InferenceServiceServicer_to_server,

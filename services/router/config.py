@@ -22,3 +22,7 @@ class RouterSettings(ServiceSettings):
     """Calls held per model while its pool starts from zero; more get RESOURCE_EXHAUSTED."""
     waiting_event_seconds: float = 2.0
     """How often a held call's stream repeats its waiting event."""
+    moderation_timeout_seconds: float = 2.0
+    """How long the router waits for a moderation verdict (the input's, or an output
+    window's) before the call fails closed, or goes on unchecked if the tenant's policy fails
+    open."""

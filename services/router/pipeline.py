@@ -3,7 +3,7 @@
 A check runs before anything is sent and may refuse the call or decide something about it
 (which model). A stream stage wraps the stream of the next one, like middleware: it may add
 events of its own (retrieved context, later) or watch and cut the stream coming back (output
-moderation, later). The last stage produces the events: today, generation through Envoy.
+moderation). The last stage produces the events: generation through Envoy.
 Checks cost nothing per token; each stream stage costs one hop per event, so a stage that
 only needs to look at the request belongs among the checks."""
 import time

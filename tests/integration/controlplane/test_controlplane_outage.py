@@ -87,7 +87,8 @@ async def test_a_control_plane_away_15_s_never_costs_a_call_or_an_endpoint(mesh)
             calls_during_outage = len(outcomes)
             await mesh.start_controlplane()
             # Every replica registers again within a heartbeat and the bounded back-off...
-            while await registered(ports.controlplane) != ({"router", "generation", "auth"}, 4):
+            while await registered(ports.controlplane) != (
+                    {"router", "generation", "auth", "moderation"}, 5):
                 await asyncio.sleep(0.1)
             # ...and Envoy, reconnected, is past the re-registration grace: it has been sent
             # (or found it already had) the restarted control plane's endpoints.

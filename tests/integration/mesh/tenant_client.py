@@ -14,6 +14,7 @@ from meshllm.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from meshllm.api_key import KeyedStub, bearer
 from tests.status_details import error_details
+from tests.tenant_headers import UNMODERATED
 
 GENERATE_PATH = "/meshllm.inference.v1.InferenceService/Generate"
 _tenant_numbers = itertools.count(1)
@@ -32,7 +33,14 @@ class TenantClient:
         await self.channel.close()
 
     async def new_tenant(self, policy: auth_pb2.Policy) -> tuple[str, str, str]:
-        """A tenant with `policy` and one client key: (tenant id, key secret, key id)."""
+        """A tenant with `policy` and one client key: (tenant id, key secret, key id).
+
+        A policy that does not set `moderation` gets moderation off: these tests count the
+        tokens clients receive (token ids, which moderated deltas do not carry); moderation
+        has its own tests (test_moderation.py)."""
+        if not policy.HasField("moderation"):
+            policy = auth_pb2.Policy.FromString(policy.SerializeToString())
+            policy.moderation.CopyFrom(UNMODERATED.moderation)
         tenant_id = f"tenant-{next(_tenant_numbers)}"
         await self.admin.CreateTenant(auth_pb2.CreateTenantRequest(tenant_id=tenant_id,
                                                                    policy=policy), timeout=10)

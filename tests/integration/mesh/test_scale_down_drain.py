@@ -52,11 +52,11 @@ async def test_scaling_down_with_32_open_streams_cuts_none(mesh):
             if event.HasField("started"):
                 replica = event.started.replica
                 first_events.put_nowait(replica)
-            tokens += len(event.delta.token_ids)
             if event.HasField("finished"):
                 finished = event.finished
-        assert finished is not None and finished.usage.completion_tokens == TOKENS
-        return replica, tokens
+        # The dev tenant's output is moderated: deltas carry text, the finished event counts.
+        assert finished is not None
+        return replica, finished.usage.completion_tokens
 
     public = f"127.0.0.1:{mesh.options.ports.public}"
     controlplane = f"127.0.0.1:{mesh.options.ports.controlplane}"

@@ -6,6 +6,8 @@ import grpc
 import pytest
 
 from meshllm.api.auth.v1 import auth_pb2
+from meshllm.api.moderation.v1.moderation_pb2 import (ACTION_BLOCK, CategoryRule,
+                                                     ModerationPolicy)
 from meshllm.errors import CallRefused
 from meshllm.tenancy import (POLICY_HEADER, POLICY_VERSION_HEADER, TENANT_HEADER, Tenancy,
                              cost_micro_usd)
@@ -77,6 +79,10 @@ BAD_POLICIES = [
         LabelLimit(key="a=b", value="c", monthly_budget_micro_usd=5),
         LabelLimit(key="a", value="b=c", monthly_budget_micro_usd=9)])),
     ("moderation_strictness", Policy(moderation_strictness=99)),
+    # The moderation part: the same checks auth runs on every field (meshllm.moderation_policy).
+    ("moderation.window_tokens", Policy(moderation=ModerationPolicy(window_tokens=-1))),
+    ("moderation.rules[0].category", Policy(moderation=ModerationPolicy(rules=[
+        CategoryRule(action=ACTION_BLOCK)]))),
 ]
 
 

@@ -1,3 +1,6 @@
+import base64
+import dataclasses
+
 from envoy.config.core.v3 import config_source_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
@@ -6,6 +9,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
+from meshllm.api.auth.v1 import auth_pb2
+from meshllm.api.moderation.v1 import moderation_pb2
 from meshllm.tenancy import IDENTITY_HEADERS
 from services.controlplane import listeners, resources, routes
 from services.controlplane.resources import EnvoyLayout
@@ -30,7 +35,7 @@ def unpacked(http_filter, message):
 
 def test_each_public_filter_is_accepted_by_envoy(envoy_validate):
     clusters = [resources.cluster(name, LAYOUT, local_origin_only=True)
-                for name in ("router", "auth")]
+                for name in ("router", "auth", "moderation")]
     for http_filter in listeners.public_http_filters(LAYOUT):
         envoy_validate(clusters=clusters, listeners=[resources.listener(
             "public", LAYOUT.public_port, LAYOUT, http_filters=[http_filter],
@@ -108,7 +113,7 @@ OPEN = EnvoyLayout(listen_host="127.0.0.1", public_port=18080, mesh_port=18081,
 
 def test_an_open_tenant_listener_and_routes_are_accepted_by_envoy(envoy_validate):
     clusters = [resources.cluster(name, OPEN, local_origin_only=True)
-                for name in ("router", "auth")]
+                for name in ("router", "auth", "moderation")]
     envoy_validate(clusters=clusters, listeners=[listeners.public_listener(
         OPEN, route_config=routes.public_routes(OPEN.open_tenant))])
 
@@ -120,6 +125,21 @@ def test_an_open_tenant_is_asserted_by_envoy_after_the_client_copies_are_strippe
     assert [m.remove for m in mutations[:-1]] == list(IDENTITY_HEADERS)
     assert (mutations[-1].append.header.key, mutations[-1].append.header.value) == (
         "x-meshllm-tenant", "solo")
+
+
+def test_an_open_tenants_policy_is_asserted_too_and_accepted_by_envoy(envoy_validate):
+    policy = auth_pb2.Policy(moderation=moderation_pb2.ModerationPolicy(output_disabled=True))
+    layout = dataclasses.replace(OPEN, open_tenant_policy=policy.SerializeToString())
+    strip = unpacked(filters_of(listeners.public_listener(layout))[
+        listeners.STRIP_IDENTITY_FILTER], header_mutation_pb2.HeaderMutation())
+    header = strip.mutations.request_mutations[-1].append.header
+    assert header.key == "x-meshllm-policy-bin"
+    padded = header.value + "=" * (-len(header.value) % 4)
+    assert auth_pb2.Policy.FromString(base64.b64decode(padded)) == policy
+    clusters = [resources.cluster(name, layout, local_origin_only=True)
+                for name in ("router", "auth", "moderation")]
+    envoy_validate(clusters=clusters, listeners=[listeners.public_listener(
+        layout, route_config=routes.public_routes(layout.open_tenant))])
 
 
 def test_an_open_tenant_needs_no_key_for_inference_but_an_admin_key_for_the_admin_api():

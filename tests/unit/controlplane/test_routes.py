@@ -3,6 +3,8 @@ from services.controlplane import routes
 INFERENCE = "/meshllm.inference.v1.InferenceService/"
 AUTH_ADMIN = "/meshllm.auth.v1.AuthService/"
 AUTH_USAGE = "/meshllm.auth.v1.UsageService/"
+MODERATION = "/meshllm.moderation.v1.ModerationService/"
+AUDIT = "/meshllm.moderation.v1.AuditService/"
 
 
 def by_prefix(config) -> dict:
@@ -17,12 +19,20 @@ def routed(config, path: str) -> str | None:
     return None
 
 
-def test_the_public_listener_routes_the_public_api_reflection_and_auth_admin_only():
+def test_the_public_listener_routes_the_public_api_reflection_and_the_admin_apis_only():
     public = routes.public_routes()
-    assert set(by_prefix(public)) == {INFERENCE, "/grpc.reflection.", AUTH_ADMIN}
+    assert set(by_prefix(public)) == {INFERENCE, "/grpc.reflection.", AUTH_ADMIN, AUDIT}
     assert routed(public, INFERENCE + "Generate") == "router"
     assert routed(public, "/grpc.reflection.v1alpha.ServerReflection/Info") == "router"
     assert routed(public, AUTH_ADMIN + "CreateApiKey") == "auth"
+    assert routed(public, AUDIT + "ExportAuditLog") == "moderation"
+
+
+def test_moderation_judges_text_on_the_mesh_only_and_its_trail_is_read_on_the_public_listener():
+    public, mesh = routes.public_routes(), routes.mesh_routes({"tiny": 1}, [])
+    assert routed(public, MODERATION + "ModerateText") is None
+    assert routed(mesh, MODERATION + "ModerateStream") == "moderation"
+    assert routed(mesh, AUDIT + "ListVerdicts") is None
 
 
 def test_auths_usage_api_is_not_reachable_on_the_public_listener():

@@ -1,0 +1,94 @@
+"""The router's calls to the moderation service, through Envoy's mesh listener: one
+ModerateText for a request's input, one ModerateStream for its output. Each carries the
+tenant's headers (moderation judges under the caller's policy), the request id and the trace.
+A call that fails or takes too long raises ModerationUnavailable; the caller applies the
+tenant's fail mode."""
+import asyncio
+
+import grpc
+
+from meshllm.api.moderation.v1 import moderation_pb2 as m
+from meshllm.channels import carried_metadata, client_span, end_span
+from services.router.errors import PassedOn
+from services.router.pipeline import GenerationCall
+
+MODERATE_TEXT_METHOD = "/meshllm.moderation.v1.ModerationService/ModerateText"
+MODERATE_STREAM_METHOD = "/meshllm.moderation.v1.ModerationService/ModerateStream"
+
+
+class ModerationUnavailable(Exception):
+    """Moderation could not answer: unreachable, failing or too slow."""
+
+
+def _metadata(call: GenerationCall, span) -> list:
+    return [*carried_metadata(span), *call.tenancy.metadata()]
+
+
+def _timeout(call: GenerationCall, limit: float) -> float:
+    remaining = call.time_remaining()
+    return limit if remaining is None else max(0.0, min(limit, remaining))
+
+
+class ModerationClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout_seconds: float):
+        self._moderate_text = channel.unary_unary(
+            MODERATE_TEXT_METHOD, request_serializer=m.ModerateTextRequest.SerializeToString,
+            response_deserializer=m.ModerateTextResponse.FromString)
+        self._moderate_stream = channel.stream_stream(
+            MODERATE_STREAM_METHOD,
+            request_serializer=m.ModerateStreamRequest.SerializeToString,
+            response_deserializer=m.ModerateStreamResponse.FromString)
+        self._timeout = timeout_seconds
+
+    async def moderate_input(self, call: GenerationCall,
+                             texts: list[str]) -> m.ModerateTextResponse:
+        span = client_span(MODERATE_TEXT_METHOD)
+        code = grpc.StatusCode.OK
+        try:
+            return await self._moderate_text(
+                m.ModerateTextRequest(texts=texts, stage=m.STAGE_INPUT),
+                timeout=_timeout(call, self._timeout), metadata=_metadata(call, span))
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise PassedOn(code, error.details() or "", error.trailing_metadata()) from None
+            raise ModerationUnavailable(f"{code.name}: {error.details()}") from None
+        finally:
+            end_span(span, code)
+
+    def output(self, call: GenerationCall) -> "OutputModeration":
+        span = client_span(MODERATE_STREAM_METHOD)
+        stream = self._moderate_stream(timeout=call.time_remaining(),
+                                       metadata=_metadata(call, span))
+        return OutputModeration(stream, span, self._timeout)
+
+
+class OutputModeration:
+    """One generation's ModerateStream: a window in, its verdict out, one at a time."""
+
+    def __init__(self, stream, span, timeout: float):
+        self._stream = stream
+        self._span = span
+        self._timeout = timeout
+
+    async def judge(self, text: str, end: bool = False) -> m.ModerateStreamResponse:
+        try:
+            await self._stream.write(m.ModerateStreamRequest(text=text, end=end))
+            verdict = await asyncio.wait_for(self._stream.read(), self._timeout)
+        except asyncio.TimeoutError:
+            raise ModerationUnavailable(f"no verdict within {self._timeout:g} s") from None
+        except grpc.aio.AioRpcError as error:
+            raise ModerationUnavailable(f"{error.code().name}: {error.details()}") from None
+        except asyncio.InvalidStateError:  # the call ended before this window was written
+            raise ModerationUnavailable(await self._ended_early()) from None
+        if verdict is grpc.aio.EOF:
+            raise ModerationUnavailable(await self._ended_early())
+        return verdict
+
+    async def _ended_early(self) -> str:
+        code = await self._stream.code()
+        return f"the stream ended early ({code.name}: {await self._stream.details()})"
+
+    def close(self) -> None:
+        self._stream.cancel()
+        end_span(self._span, grpc.StatusCode.OK)
