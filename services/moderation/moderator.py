@@ -6,6 +6,7 @@ costs milliseconds of CPU per text, runs on every input, and on output only wher
 saw a candidate (a weak lexicon term or injection phrase below its threshold) unless the
 service is told to classify all output: on this machine classifying every window of 64
 streams would take more CPU than the machine has."""
+import asyncio
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from services.moderation.findings import Finding
 CLASSIFIER_DETECTOR = "classifier/minilm"
 BLOCKLIST_DETECTOR = "rules/blocklist"
 _JUDGED_BY_MEANING = frozenset((*HARMFUL, m.CATEGORY_PROMPT_INJECTION))
+_SENTENCE_ENDS = (". ", "? ", "! ", "\n")
+CLASSIFIER_SPAN_CHARS = 400
+"""About 100 tokens of English: under the 128 the classifier reads of one text."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,22 @@ def redacted(text: str, decisions: Sequence[Decision], end: int | None = None) -
     return "".join(out)
 
 
+def classifier_spans(text: str, size: int = CLASSIFIER_SPAN_CHARS) -> list[tuple[int, int]]:
+    """`text` in pieces the classifier reads whole (it truncates at 128 tokens), cut after a
+    sentence or word where one is near, so a long prompt is judged all the way through."""
+    spans, start = [], 0
+    while len(text) - start > size:
+        piece = text[start:start + size]
+        cut = max(piece.rfind(end) + len(end) for end in _SENTENCE_ENDS)
+        if cut < size // 2:
+            cut = piece.rfind(" ") + 1
+        end = start + (cut if cut > 0 else size)
+        spans.append((start, end))
+        start = end
+    spans.append((start, len(text)))
+    return spans
+
+
 def blocklist_findings(text: str, terms: Sequence[str]) -> list[Finding]:
     lowered = text.lower()
     found = []
@@ -90,9 +110,12 @@ class Moderator:
             found.extend(blocklist_findings(text, rules.blocklist))
         if self._classifier is not None and text.strip() and self._worth_classifying(
                 found, rules, stage):
-            scores = await self._classifier.scores(text)
-            found.extend(Finding(category, 0, len(text), score, CLASSIFIER_DETECTOR)
-                         for category, score in scores.items())
+            spans = classifier_spans(text)
+            scored = await asyncio.gather(*(self._classifier.scores(text[start:end])
+                                            for start, end in spans))
+            for (start, end), scores in zip(spans, scored):
+                found.extend(Finding(category, start, end, score, CLASSIFIER_DETECTOR)
+                             for category, score in scores.items())
         return found
 
     def _worth_classifying(self, found: list[Finding], rules: ModerationRules,

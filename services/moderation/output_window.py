@@ -50,10 +50,11 @@ class WindowVerdict:
     action: int
     offset: int = 0
     """Where the released text starts in the judged text (verdict spans are relative to it)."""
+    held_chars: int = 0
 
     def to_proto(self) -> m.ModerateStreamResponse:
         return m.ModerateStreamResponse(
-            release=self.release, action=self.action,
+            release=self.release, action=self.action, held_chars=self.held_chars,
             verdicts=[decision.verdict(self.offset) for decision in self.decisions])
 
 
@@ -97,7 +98,7 @@ class OutputWindow:
             if released else held[:cut]
         self.held = held[cut:]
         self.context = (self.context + release)[-CONTEXT_CHARS:]
-        return WindowVerdict(release, released, strongest(released), offset)
+        return WindowVerdict(release, released, strongest(released), offset, len(self.held))
 
 
 def _clipped(decisions: list[Decision], offset: int) -> list[Decision]:

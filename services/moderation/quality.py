@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 from meshllm.api.moderation.v1 import moderation_pb2
 from services.moderation.detectors.detection import RuleDetectors
-from services.moderation.detectors.lexicon import category_file_name
+from services.moderation.detectors.lexicon import category_name
 from services.moderation.findings import HARMFUL_CATEGORIES, Category, Finding
 
 if TYPE_CHECKING:  # the classifier module imports torch, which a rules-only caller never needs
     from services.moderation.detectors.classifier import ExemplarClassifier
 
-LABELLED_CATEGORIES: tuple[str, ...] = tuple(category_file_name(c) for c in (
+LABELLED_CATEGORIES: tuple[str, ...] = tuple(category_name(c) for c in (
     *HARMFUL_CATEGORIES, moderation_pb2.CATEGORY_PERSONAL_DATA, moderation_pb2.CATEGORY_SECRETS,
     moderation_pb2.CATEGORY_PROMPT_INJECTION))
 """The categories a labelled example may name, as it names them."""
@@ -49,7 +49,7 @@ def categories_found(findings: Iterable[Finding], classifier_scores: dict[Catego
     """The categories that a finding or a classifier score reaches `threshold` in."""
     found = {f.category for f in findings if f.score >= threshold}
     found.update(c for c, score in classifier_scores.items() if score >= threshold)
-    return frozenset(category_file_name(category) for category in found)
+    return frozenset(category_name(category) for category in found)
 
 
 def judge(examples: list[LabelledExample], rules: RuleDetectors,

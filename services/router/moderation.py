@@ -147,8 +147,8 @@ class Moderation:
                             try:
                                 verdict = await self._judge(call, output, "".join(held), True)
                             except _FailedOpen as failed:
-                                yield failed.event
-                                yield _delta("".join(held))
+                                for out in failed.events:
+                                    yield out
                                 yield event
                                 continue
                             for out in self._released(verdict):
@@ -172,8 +172,8 @@ class Moderation:
                         verdict = await self._judge(call, output, "".join(held), False)
                     except _FailedOpen as failed:
                         checking = False
-                        yield failed.event
-                        yield _delta("".join(held))
+                        for out in failed.events:
+                            yield out
                         continue
                     held.clear()
                     held_tokens = 0
@@ -193,7 +193,8 @@ class Moderation:
         except ModerationUnavailable as error:
             log.warning("moderation_unavailable", stage="output", detail=str(error))
             if fails_open(call.tenancy.policy):
-                raise _FailedOpen(unchecked_event(m.STAGE_OUTPUT, str(error), True)) from None
+                raise _FailedOpen(unchecked_event(m.STAGE_OUTPUT, str(error), True),
+                                  error.unreleased) from None
             raise unavailable(call, str(error)) from None
 
     @staticmethod
@@ -217,8 +218,11 @@ class Moderation:
 
 
 class _FailedOpen(Exception):
-    def __init__(self, event: inference.GenerateResponse):
-        self.event = event
+    """Moderation failed mid-stream under a policy that fails open: the events that say so
+    and hand over the text moderation had not released, after which output goes unchecked."""
+
+    def __init__(self, event: inference.GenerateResponse, unreleased: str):
+        self.events = [event, _delta(unreleased)] if unreleased else [event]
 
 
 def _delta(text: str) -> inference.GenerateResponse:

@@ -17,7 +17,12 @@ MODERATE_STREAM_METHOD = "/meshllm.moderation.v1.ModerationService/ModerateStrea
 
 
 class ModerationUnavailable(Exception):
-    """Moderation could not answer: unreachable, failing or too slow."""
+    """Moderation could not answer: unreachable, failing or too slow. `unreleased` is the
+    output text sent to it that it never released (what a fail-open stream still owes)."""
+
+    def __init__(self, reason: str, unreleased: str = ""):
+        super().__init__(reason)
+        self.unreleased = unreleased
 
 
 def _metadata(call: GenerationCall, span) -> list:
@@ -70,19 +75,26 @@ class OutputModeration:
         self._stream = stream
         self._span = span
         self._timeout = timeout
+        self._withheld = ""
+        """The end of the text sent so far that moderation has not released yet."""
 
     async def judge(self, text: str, end: bool = False) -> m.ModerateStreamResponse:
+        unreleased = self._withheld + text
         try:
             await self._stream.write(m.ModerateStreamRequest(text=text, end=end))
             verdict = await asyncio.wait_for(self._stream.read(), self._timeout)
         except asyncio.TimeoutError:
-            raise ModerationUnavailable(f"no verdict within {self._timeout:g} s") from None
+            raise ModerationUnavailable(f"no verdict within {self._timeout:g} s",
+                                        unreleased) from None
         except grpc.aio.AioRpcError as error:
-            raise ModerationUnavailable(f"{error.code().name}: {error.details()}") from None
+            raise ModerationUnavailable(f"{error.code().name}: {error.details()}",
+                                        unreleased) from None
         except asyncio.InvalidStateError:  # the call ended before this window was written
-            raise ModerationUnavailable(await self._ended_early()) from None
+            raise ModerationUnavailable(await self._ended_early(), unreleased) from None
         if verdict is grpc.aio.EOF:
-            raise ModerationUnavailable(await self._ended_early())
+            raise ModerationUnavailable(await self._ended_early(), unreleased)
+        self._withheld = unreleased[len(unreleased) - verdict.held_chars:] \
+            if verdict.held_chars else ""
         return verdict
 
     async def _ended_early(self) -> str:

@@ -1,7 +1,8 @@
 """Output moderation on the real engine: a block cuts a vLLM stream at the window that holds
 the violation and aborts the engine's request.
 
-The tiny model's text is noise, but greedy decoding makes it repeatable: one tenant reads an
+The tiny model's text is noise, but a seeded sampler makes it repeatable (greedy decoding
+gives it nothing but newlines): one tenant reads an
 answer unmoderated, a second tenant's policy blocks a piece of that answer's second half, and
 the same request under the second policy must stop there, long before its max_tokens."""
 import asyncio
@@ -13,9 +14,15 @@ from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2
 from meshllm.api.moderation.v1 import moderation_pb2 as m
 from meshllm.api_key import bearer, keyed_channel
-from tests.e2e.streams import chat_request, public_stub
+from tests.e2e.streams import public_stub
 
 PROMPT = "Tell me a story about the sea"
+
+
+def request(max_tokens: int) -> inference_pb2.GenerateRequest:
+    return inference_pb2.GenerateRequest(
+        chat={"messages": [{"role": inference_pb2.ROLE_USER, "content": PROMPT}]},
+        sampling={"max_tokens": max_tokens, "temperature": 1.0, "seed": 7})
 
 
 async def tenant_key(channel, tenant_id: str, policy: auth_pb2.Policy) -> str:
@@ -44,7 +51,7 @@ async def test_a_block_cuts_a_vllm_stream_at_its_window_and_the_engine_stops_wit
             moderation=m.ModerationPolicy(output_disabled=True)))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as ch:
             answer = [event async for event in public_stub(ch).Generate(
-                chat_request(PROMPT, max_tokens=64), metadata=bearer(reader), timeout=120)]
+                request(64), metadata=bearer(reader), timeout=120)]
             text = "".join(event.delta.text for event in answer if event.HasField("delta"))
             term = term_from_second_half(text)
             blocked_key = await tenant_key(admin, "e2e-blocklist", auth_pb2.Policy(
@@ -52,7 +59,7 @@ async def test_a_block_cuts_a_vllm_stream_at_its_window_and_the_engine_stops_wit
 
             events, finished_at = [], None
             async for event in public_stub(ch).Generate(
-                    chat_request(PROMPT, max_tokens=1000), metadata=bearer(blocked_key),
+                    request(1000), metadata=bearer(blocked_key),
                     timeout=120):
                 events.append(event)
                 if event.HasField("finished"):

@@ -3,7 +3,7 @@ can skip the regex on most texts.
 
 Python's `re` tries every branch of an alternation at every position, so a lexicon of a few
 hundred phrases costs milliseconds a text. Most texts contain none of a phrase's words; testing
-`word in text.lower()` for a handful of anchors first keeps the rule pass well under a
+`word in text.casefold()` for a handful of anchors first keeps the rule pass well under a
 millisecond."""
 import re
 from re import _constants as sre  # the parser's opcodes; stable across 3.11–3.13
@@ -13,7 +13,7 @@ MIN_ANCHOR = 3
 """Shorter literals ("a", "to") are in nearly every text and would gate nothing."""
 
 Anchors = frozenset[str] | None
-"""A set of lowercase strings of which every match contains one; None where there is none."""
+"""A set of casefolded strings of which every match contains one; None where there is none."""
 
 
 def anchors(pattern: str) -> Anchors:
@@ -26,7 +26,7 @@ def _sequence(items) -> Anchors:
     literal = ""
     for op, value in items:
         if op is sre.LITERAL:
-            literal += chr(value).lower()
+            literal += chr(value).casefold()
             continue
         if len(literal) >= MIN_ANCHOR:
             candidates.append(frozenset({literal}))
@@ -58,7 +58,7 @@ COMMON_WORDS = frozenset("""
     they know want been good much some time very when come here just like long make many more
     only over such take than them well were what that into most about also back after could
     would there their which other these those first should people going because really
-    through before where while being every still might never again under under always
+    through before where while being every still might never again under always
     """.split())
 """Words in most texts: an anchor set that holds one gates little."""
 
@@ -86,7 +86,8 @@ class AnchoredPatterns:
 
     def candidates(self, text: str) -> list[int]:
         """Indexes of the regexes that may match `text`, in order."""
-        lowered = text.lower()
+        # casefold, not lower: IGNORECASE matches "ſ" (long s) as "s"; casefold does too.
+        lowered = text.casefold()
         chosen = set(self._always)
         for word, indexes in self._by_anchor.items():
             if word in lowered:

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from meshllm.api.moderation.v1 import moderation_pb2
-from services.moderation.detectors.lexicon import category_file_name
+from services.moderation.detectors.lexicon import category_name
 from services.moderation.findings import HARMFUL_CATEGORIES, Category
 
 EXEMPLAR_DIRECTORY = Path(__file__).parent / "exemplars"
@@ -84,7 +84,7 @@ class ExemplarClassifier:
         self._cache = EmbeddingCache(cache_size)
         self._exemplars = {
             category: self._embed_uncached(
-                read_exemplars(exemplar_directory / f"{category_file_name(category)}.txt"))
+                read_exemplars(exemplar_directory / f"{category_name(category)}.txt"))
             for category in CLASSIFIED_CATEGORIES}
         self._benign = self._embed_uncached(read_exemplars(exemplar_directory / "benign.txt"))
 

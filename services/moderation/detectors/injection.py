@@ -35,7 +35,7 @@ PHRASES = (
     rf"|safety \w+|content polic(?:y|ies)|guardrails)",
     rf"{DROP} (?:all )?(?:the )?(?:instructions|rules|guidelines) (?:in|from|of) (?:your|the)"
     rf" (?:system prompt|system message|configuration|prompt)",
-    rf"(?:what|which) (?:were|are) (?:the |your )?(?:exact |original |initial |hidden |secret )*"
+    rf"(?:what|which) (?:were|are) (?:the |your )?(?:exact |original |initial |hidden |secret ){{0,3}}"
     rf"(?:instructions|rules) (?:that )?you (?:were|have been|'ve been) given",
     r"(?:repeat|print|output|show|reveal) (?:me )?(?:everything|all|all the text|the text|anything)"
     r" (?:above|before) (?:this|here)",
@@ -51,7 +51,7 @@ PHRASES = (
     r"do anything now",
     rf"(?:reveal|show|print|output|repeat|display|tell|give|leak|dump|paste|share|write out)"
     rf" (?:me |us )?(?:back )?(?:your|the) (?:full |entire |exact |original |hidden |secret |"
-    rf"initial |complete |verbatim )*{SECRET_PROMPT}",
+    rf"initial |complete |verbatim ){{0,3}}{SECRET_PROMPT}",
     rf"what (?:is|was|were) (?:in )?your {SECRET_PROMPT}",
     rf"(?:pretend|imagine|act as if|suppose) (?:that )?you (?:have|had|are under|were under"
     rf"|operate with) no {RESTRICTIONS}",

@@ -10,7 +10,9 @@ File format, one pattern a line: `<weight> <regex>`; `#` starts a comment line. 
 case-insensitively at word boundaries, and a space in a pattern (not an optional " ?") matches
 any run of whitespace.
 `$name = <regex>` defines a piece that later patterns use as `$name` (a list of groups, say)."""
+import bisect
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +29,9 @@ class LexiconEntry:
     pattern: str
 
 
-def category_file_name(category: Category) -> str:
-    """CATEGORY_SELF_HARM → "self_harm"."""
+def category_name(category: Category) -> str:
+    """CATEGORY_SELF_HARM → "self_harm": how lexicon and exemplar files and the labelled set
+    name a category."""
     return moderation_pb2.Category.Name(category).removeprefix("CATEGORY_").lower()
 
 
@@ -74,7 +77,7 @@ class LexiconDetector:
         self._look_alikes: dict[Category, list[re.Pattern]] = {}
         regexes = []
         for category in HARMFUL_CATEGORIES:
-            entries = read_lexicon(directory / f"{category_file_name(category)}.txt")
+            entries = read_lexicon(directory / f"{category_name(category)}.txt")
             for entry in sorted(entries, key=lambda e: -e.weight):
                 if entry.weight:
                     self._phrases.append((category, entry.weight))
@@ -85,21 +88,35 @@ class LexiconDetector:
 
     def find(self, text: str) -> list[Finding]:
         findings = []
-        look_alikes: dict[Category, list[tuple[int, int]]] = {}
+        look_alikes: dict[Category, Spans] = {}
         for index in self._patterns.candidates(text):
             category, weight = self._phrases[index]
             for match in self._patterns.regexes[index].finditer(text):
                 if category not in look_alikes:
-                    look_alikes[category] = self._look_alike_spans(category, text)
-                start, end = match.span()
-                if not any(b_start <= start and end <= b_end
-                           for b_start, b_end in look_alikes[category]):
-                    findings.append(Finding(category, start, end, weight, "rules/lexicon",
-                                            category_file_name(category).upper()))
+                    look_alikes[category] = Spans(
+                        m.span() for regex in self._look_alikes[category]
+                        for m in regex.finditer(text))
+                if not look_alikes[category].cover(*match.span()):
+                    findings.append(Finding(category, match.start(), match.end(), weight,
+                                            "rules/lexicon", category_name(category).upper()))
         return findings
 
-    def _look_alike_spans(self, category: Category, text: str) -> list[tuple[int, int]]:
-        """Where the category's benign look-alikes ("kill the process") are in `text`; asked
-        once a phrase of the category matched, so rarely."""
-        return [match.span() for look_alike in self._look_alikes[category]
-                for match in look_alike.finditer(text)]
+
+class Spans:
+    """Where a category's benign look-alikes ("kill the process") are in a text, merged and
+    sorted so that a thousand findings ask in log time. Found only once a phrase of the
+    category matched, so rarely."""
+
+    def __init__(self, spans: Iterable[tuple[int, int]]) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        for start, end in sorted(spans):
+            if self._ends and start <= self._ends[-1]:
+                self._ends[-1] = max(self._ends[-1], end)
+            else:
+                self._starts.append(start)
+                self._ends.append(end)
+
+    def cover(self, start: int, end: int) -> bool:
+        at = bisect.bisect_right(self._starts, start) - 1
+        return at >= 0 and end <= self._ends[at]

@@ -18,6 +18,7 @@ from meshllm.api.inference.v1 import inference_pb2
 from meshllm.api.moderation.v1 import moderation_pb2 as m, moderation_pb2_grpc
 from meshllm.api_key import bearer
 from meshllm.tenancy import POLICY_HEADER, TENANT_HEADER
+from services.generation.sim_engine import sim_tokens, word_for
 from tests.integration.mesh.tenant_client import TenantClient, reason
 from tests.status_details import error_details, violated_fields
 
@@ -209,12 +210,42 @@ def tenant_headers() -> tuple:
     return ((TENANT_HEADER, "direct-test"), (POLICY_HEADER, auth_pb2.Policy().SerializeToString()))
 
 
+FAILS_OPEN = auth_pb2.Policy(moderation=m.ModerationPolicy(fail_mode=m.FAIL_MODE_OPEN))
+
+
+async def test_moderation_crashing_mid_stream_under_fail_open_loses_no_text_and_says_so(
+        client, mesh):
+    """Near the end of the module: it kills the moderation replica (and starts one again)."""
+    _, key, _ = await client.new_tenant(FAILS_OPEN)
+    tokens = 80
+    call = client.inference.Generate(inference_pb2.GenerateRequest(
+        prompt="hi", model=MODEL, sampling={"max_tokens": tokens, "seed": 0}),
+        metadata=bearer(key), timeout=30)
+    events, deltas = [], 0
+    try:
+        async for event in call:
+            events.append(event)
+            deltas += event.HasField("delta")
+            if event.HasField("delta") and deltas == 2:  # the card number is on its way
+                for process in list(mesh.moderation.values()):
+                    await process.kill()
+    finally:
+        mesh.moderation.clear()
+        replica = await mesh.add_moderation_replica()
+        await mesh.wait_until_routed([replica])
+    unchecked = [e for e in moderation_events(events, m.STAGE_OUTPUT) if e.unchecked]
+    assert len(unchecked) == 1 and "fails open" in unchecked[0].message
+    assert events[-1].finished.usage.completion_tokens == tokens
+    sim = "".join(word_for(position, 0, sim_tokens(SIM_TEXT))[0] for position in range(tokens))
+    restored = text_of(events).replace("[CARD_NUMBER]", CARD).replace("[EMAIL]", EMAIL)
+    assert restored == sim
+
+
 async def test_with_moderation_down_calls_fail_closed_by_default_and_open_when_the_policy_says(
         client, mesh):
     """Last in the module: it stops the moderation replica (and starts one again)."""
     _, closed_key, _ = await client.new_tenant(DEFAULT_POLICY)
-    _, open_key, _ = await client.new_tenant(auth_pb2.Policy(moderation=m.ModerationPolicy(
-        fail_mode=m.FAIL_MODE_OPEN)))
+    _, open_key, _ = await client.new_tenant(FAILS_OPEN)
     for process in list(mesh.moderation.values()):
         await mesh.supervisor.stop(process)
     mesh.moderation.clear()

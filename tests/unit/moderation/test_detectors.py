@@ -1,4 +1,6 @@
 """The rule detectors, one behaviour a test: what each finds, and the look-alikes it leaves."""
+import time
+
 import pytest
 
 from meshllm.api.moderation.v1 import moderation_pb2
@@ -229,3 +231,13 @@ def test_digits_inside_a_secret_are_not_also_a_phone_number(rules):
 def test_anchors_are_the_words_a_pattern_cannot_match_without():
     assert anchors(r"(?:kill|murder)(?:s|ed)? (?:him|her)") == {"kill", "murder"}
     assert anchors(r"\d+") is None
+
+
+@pytest.mark.parametrize("shape", ["kill ", "kill the process and shoot the video ", "a.",
+                                   "1 2-3 ", "password=", "ignore all ", " "])
+def test_long_repetitive_text_takes_linear_time(shape, rules):
+    # 50 KB of one shape: a pattern that backtracks quadratically takes tens of seconds here.
+    text = shape * (50_000 // len(shape))
+    started = time.perf_counter()
+    rules.find(text)
+    assert time.perf_counter() - started < 5
