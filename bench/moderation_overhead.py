@@ -47,8 +47,16 @@ async def tenant_stub(mesh: LocalMesh, channel, name: str) -> KeyedStub:
 
 
 async def main(args) -> None:
+    rows = []
+    for replicas in args.moderation_replicas:
+        rows += await measure(args, replicas)
+    print_table(rows, args)
+
+
+async def measure(args, moderation_replicas: int) -> list[tuple]:
+    """(moderation replicas, streams, off, on, CPU seconds per side) for each concurrency."""
     mesh = LocalMesh(MeshOptions(
-        ports=MeshPorts.free(), engine="sim",
+        ports=MeshPorts.free(), engine="sim", moderation_replicas=moderation_replicas,
         workdir=Path(tempfile.mkdtemp(prefix="bench-moderation-")),
         generation_env=(
             ("MESHLLM_GENERATION_SIM_TIME_TO_FIRST_TOKEN_SECONDS", str(args.ttft)),
@@ -57,25 +65,31 @@ async def main(args) -> None:
             ("MESHLLM_GENERATION_LOG_LEVEL", "warning"),
         )))
     _, request = requests(args.max_tokens)
-    results = {streams: {"off": [], "on": []} for streams in args.concurrency}
-    cpu = {streams: {"off": [0.0, 0.0], "on": [0.0, 0.0]} for streams in args.concurrency}
+    rows = []
     async with mesh.running():
         router = psutil.Process(mesh.router.process.pid)
-        (moderation,) = [psutil.Process(p.process.pid) for p in mesh.moderation.values()]
+        moderation = [psutil.Process(p.process.pid) for p in mesh.moderation.values()]
+
+        def cpu_now() -> tuple[float, float]:
+            return cpu_seconds(router), sum(map(cpu_seconds, moderation))
+
         async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.options.ports.public}") as ch:
             stubs = {name: await tenant_stub(mesh, ch, name) for name in POLICIES}
             for stub in stubs.values():  # warm connections, caches and the classifier
                 await run_path(stub, request, 4, 1)
             for streams in args.concurrency:
                 rounds = max(args.min_streams // streams, 2)
+                runs = {name: [] for name in stubs}
+                cpu = {name: [0.0, 0.0] for name in stubs}
                 for _ in range(args.repeats):
                     for name, stub in stubs.items():
-                        before = cpu_seconds(router), cpu_seconds(moderation)
-                        results[streams][name].append(
-                            await run_path(stub, request, streams, rounds))
-                        cpu[streams][name][0] += cpu_seconds(router) - before[0]
-                        cpu[streams][name][1] += cpu_seconds(moderation) - before[1]
-    print_table(results, cpu, args)
+                        before = cpu_now()
+                        runs[name].append(await run_path(stub, request, streams, rounds))
+                        after = cpu_now()
+                        cpu[name] = [c + b - a for c, a, b in zip(cpu[name], before, after)]
+                rows.append((moderation_replicas, streams, merged(runs["off"]),
+                             merged(runs["on"]), cpu))
+    return rows
 
 
 def merged(runs: list[PathResult]) -> PathResult:
@@ -83,19 +97,20 @@ def merged(runs: list[PathResult]) -> PathResult:
                       sum(r.seconds for r in runs))
 
 
-def print_table(results, cpu, args) -> None:
+def print_table(rows, args) -> None:
     print(f"\nmeshllm bench: output moderation off vs on, sim engine (ttft "
           f"{args.ttft * 1000:.0f} ms, itl {args.itl * 1000:.0f} ms, {args.max_tokens} "
           f"tokens/stream, prose with sentence ends), input moderated on both sides, "
           f"{platform.machine()}")
-    print("| streams | calls a side | TTFT p50 / p99 ms off | on | on − off p50 | tok/s off / on "
-          "| on / off | CPU µs/token router off / on | moderation off / on |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for streams, sides in results.items():
-        on, off = merged(sides["on"]), merged(sides["off"])
-        per_token = {name: [1e6 * seconds / max(1, merged(sides[name]).tokens)
-                            for seconds in cpu[streams][name]] for name in sides}
-        print(f"| {streams} | {len(on.ttfts)} | {off.ttft_ms(.5):.1f} / {off.ttft_ms(.99):.1f} "
+    print("| moderation replicas | streams | calls a side | TTFT p50 / p99 ms off | on "
+          "| on − off p50 | tok/s off / on | on / off | CPU µs/token router off / on "
+          "| moderation off / on |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for replicas, streams, off, on, cpu in rows:
+        per_token = {name: [1e6 * seconds / max(1, side.tokens) for seconds in cpu[name]]
+                     for name, side in (("off", off), ("on", on))}
+        print(f"| {replicas} | {streams} | {len(on.ttfts)} "
+              f"| {off.ttft_ms(.5):.1f} / {off.ttft_ms(.99):.1f} "
               f"| {on.ttft_ms(.5):.1f} / {on.ttft_ms(.99):.1f} "
               f"| {on.ttft_ms(.5) - off.ttft_ms(.5):+.1f} "
               f"| {off.tokens_per_second:.0f} / {on.tokens_per_second:.0f} "
@@ -113,6 +128,9 @@ def parse_args():
     parser.add_argument("--min-streams", type=int, default=128,
                         help="streams per side per repeat, at least")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--moderation-replicas", type=int, nargs="+", default=[1],
+                        help="a mesh and a row each (one process judges every window of "
+                             "every stream: at 64 streams its queue is the TTFT cost)")
     return parser.parse_args()
 
 

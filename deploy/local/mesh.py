@@ -110,6 +110,18 @@ class LocalMesh:
         return ManagedProcess(name, [sys.executable, "-m", module], env=env,
                               cpus=self.mesh_cpus())
 
+    def _service_replica(self, service: str, replica_id: str,
+                         env: dict[str, str]) -> ManagedProcess:
+        """`python -m services.<service>` on the mesh's host, registering with its control
+        plane as `replica_id`, with `env` on top."""
+        prefix, host = f"MESHLLM_{service.upper()}_", self.options.host
+        return self._python(replica_id, f"services.{service}", {
+            f"{prefix}HOST": host,
+            f"{prefix}REPLICA_ID": replica_id,
+            f"{prefix}CONTROLPLANE_ADDRESS": f"{host}:{self.options.ports.controlplane}",
+            **env,
+        })
+
     def mesh_cpus(self) -> tuple[int, ...]:
         """Where the mesh's own processes run; () leaves them to the kernel."""
         return self.cpu_layout.mesh if self.cpu_layout else ()
@@ -153,11 +165,7 @@ class LocalMesh:
     def auth_replica(self) -> ManagedProcess:
         """An auth replica, listed in `auth` but not started yet."""
         replica_id = next(self._auth_ids)
-        ports, host = self.options.ports, self.options.host
-        process = self._python(replica_id, "services.auth", {
-            "MESHLLM_AUTH_HOST": host,
-            "MESHLLM_AUTH_REPLICA_ID": replica_id,
-            "MESHLLM_AUTH_CONTROLPLANE_ADDRESS": f"{host}:{ports.controlplane}",
+        process = self._service_replica("auth", replica_id, {
             "MESHLLM_DATABASE_URL": self.options.auth_database_url(),
             "MESHLLM_REDIS_URL": self.options.redis_url,
             **dict(self.options.auth_env),
@@ -172,11 +180,7 @@ class LocalMesh:
         """A moderation replica, listed in `moderation` but not started yet. Every replica
         shares the verdict trail's file and signing key in the work dir."""
         replica_id = next(self._moderation_ids)
-        ports, host = self.options.ports, self.options.host
-        process = self._python(replica_id, "services.moderation", {
-            "MESHLLM_MODERATION_HOST": host,
-            "MESHLLM_MODERATION_REPLICA_ID": replica_id,
-            "MESHLLM_MODERATION_CONTROLPLANE_ADDRESS": f"{host}:{ports.controlplane}",
+        process = self._service_replica("moderation", replica_id, {
             "MESHLLM_MODERATION_AUDIT_DATABASE": str(self.options.workdir / "moderation-audit.db"),
             "MESHLLM_MODERATION_AUDIT_SIGNING_KEY": str(
                 self.options.workdir / "moderation-audit.key"),
@@ -245,12 +249,8 @@ class LocalMesh:
     def router_replica(self) -> ManagedProcess:
         """A router, listed in `routers` but not started yet."""
         replica_id = next(self._router_ids)
-        ports, host = self.options.ports, self.options.host
-        process = self._python(replica_id, "services.router", {
-            "MESHLLM_ROUTER_HOST": host,
-            "MESHLLM_ROUTER_REPLICA_ID": replica_id,
-            "MESHLLM_ROUTER_MESH_ADDRESS": f"{host}:{ports.mesh}",
-            "MESHLLM_ROUTER_CONTROLPLANE_ADDRESS": f"{host}:{ports.controlplane}",
+        process = self._service_replica("router", replica_id, {
+            "MESHLLM_ROUTER_MESH_ADDRESS": f"{self.options.host}:{self.options.ports.mesh}",
             **dict(self.options.router_env),
         })
         self.routers[replica_id] = process

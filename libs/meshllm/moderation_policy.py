@@ -26,7 +26,7 @@ THRESHOLDS = {
     auth_pb2.MODERATION_STRICTNESS_HIGH: 0.35,
 }
 """The lowest detector score acted on, by the policy's strictness (unset is medium)."""
-DEFAULT_WINDOW_TOKENS = 16
+DEFAULT_WINDOW_TOKENS = 32
 MAX_WINDOW_TOKENS = 256
 MAX_BLOCKLIST_TERMS = 256
 MAX_BLOCKLIST_TERM_CHARS = 128

@@ -190,3 +190,19 @@ class ReplicaRegistration:
                 failing_since = None
             self.heartbeat_seconds = heartbeat_interval(reply.lease_ttl)
             wait = self.heartbeat_seconds
+
+
+async def register_server(server, replica_id: str) -> ReplicaRegistration | None:
+    """Registers a started MeshServer (`server.service`, on its bound port) with the control
+    plane its settings name, for a service whose replicas are all alike (not generation's:
+    they carry a model). A replica whose renewal dies turns NOT_SERVING. None when the settings
+    name no control plane."""
+    settings = server.settings
+    if not settings.controlplane_address:
+        return None
+    registration = ReplicaRegistration(settings.controlplane_address, registry_pb2.Replica(
+        replica_id=replica_id or f"{server.service}-{settings.host}-{server.port}",
+        service=server.service, host=settings.host, port=server.port),
+        on_renewal_died=server.set_not_serving)
+    await registration.start()
+    return registration

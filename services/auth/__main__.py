@@ -2,9 +2,8 @@
 router, and the admin API — all on one port, registered with the control plane."""
 import asyncio
 
-from meshllm.api.controlplane.v1 import registry_pb2
 from meshllm.observability import configure_observability
-from meshllm.registration import ReplicaRegistration
+from meshllm.registration import register_server
 from meshllm.server import MeshServer
 from meshllm.tasks import cancel_and_wait
 from services.auth.config import AuthSettings
@@ -22,13 +21,7 @@ async def main(settings: AuthSettings) -> None:
     server = MeshServer(settings, service="auth")
     add_auth_services(server, store, counters, identities, settings)
     port = await server.start()
-    registration = None
-    if settings.controlplane_address:
-        registration = ReplicaRegistration(settings.controlplane_address, registry_pb2.Replica(
-            replica_id=settings.replica_id or f"auth-{settings.host}-{port}",
-            service="auth", host=settings.host, port=port),
-            on_renewal_died=server.set_not_serving)
-        await registration.start()
+    registration = await register_server(server, settings.replica_id)
     print(f"READY port={port}", flush=True)
     await server.wait_for_shutdown_signal()
     if registration is not None:

@@ -5,12 +5,12 @@ settled call survives a power cut, not only a crash of the process. Every write 
 IMMEDIATE, taking the database's write lock before it reads anything: two reserves, from any
 number of processes, cannot both read the same budget and both be admitted."""
 import sqlite3
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Self
 
+from meshllm.sqlite_wal import switch_to_wal
 from services.auth.sql_store import SqlStore
 from services.auth.store import utc_now
 
@@ -41,7 +41,7 @@ class SqliteStore(SqlStore):
         # check_same_thread=False only so close() can close it from another thread.
         db = sqlite3.connect(self._path, timeout=_LOCK_WAIT_SECONDS, isolation_level=None,
                              check_same_thread=False)
-        _switch_to_wal(db)
+        switch_to_wal(db, _LOCK_WAIT_SECONDS)
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
         return db
@@ -51,18 +51,3 @@ class SqliteStore(SqlStore):
 
     def _from_db_time(self, value: str) -> datetime:
         return datetime.fromisoformat(value)
-
-
-def _switch_to_wal(db: sqlite3.Connection) -> None:
-    """Changing the journal mode takes an exclusive lock that SQLite does not wait for (the
-    busy timeout does not apply): two replicas opening one new database at once see
-    "database is locked" here. Retried within the lock wait."""
-    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.02)

@@ -6,7 +6,9 @@ budget of delta messages per second shared by its open streams: a stream waits a
 `open_streams / budget` seconds (never more than `max_delay`) after one delta before it takes
 the next, and everything the engine produced meanwhile goes out together in that next delta
 (vLLM merges a request's outputs while its consumer is away). The first delta of a stream
-never waits; with few streams the gap is far below the time between tokens, so chunking adds
+never waits, nor does the second: a reader of words (output moderation, which releases a
+word once the token after it shows the word is complete) can show nothing before it, so
+pacing it would add a whole gap to the time to first token; with few streams the gap is far below the time between tokens, so chunking adds
 no delay when the load is light; and the end of a stream is not held back either (its last
 tokens and its finish go out as soon as they exist, or every caller would wait one gap
 longer for its answer, and a closed-loop client's next request with it).
@@ -52,6 +54,8 @@ class StreamPacing:
         now = time.monotonic()
         if self._first_sent_at is None:
             self._first_sent_at = sent_at
+            self._tokens += tokens
+            return 0.0  # the second delta completes the first word
         self._tokens += tokens
         wait = sent_at + self._pacer.gap() - now
         if self._tokens > 1:

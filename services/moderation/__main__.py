@@ -2,11 +2,10 @@
 listener; the verdict trail's API for admins, on the public one."""
 import asyncio
 
-from meshllm.api.controlplane.v1 import registry_pb2
 from meshllm.api.moderation.v1 import moderation_pb2_grpc
 from meshllm.logging import get_logger
 from meshllm.observability import configure_observability
-from meshllm.registration import ReplicaRegistration
+from meshllm.registration import register_server
 from meshllm.server import MeshServer
 from services.moderation.audit_service import AuditServicer
 from meshllm.audit_signing import AuditSigner
@@ -54,13 +53,7 @@ async def main(settings: ModerationSettings) -> None:
                        AuditServicer(store, signer.public_key_bytes),
                        "meshllm.moderation.v1.AuditService")
     port = await server.start()
-    registration = None
-    if settings.controlplane_address:
-        registration = ReplicaRegistration(settings.controlplane_address, registry_pb2.Replica(
-            replica_id=settings.replica_id or f"moderation-{settings.host}-{port}",
-            service="moderation", host=settings.host, port=port),
-            on_renewal_died=server.set_not_serving)
-        await registration.start()
+    registration = await register_server(server, settings.replica_id)
     print(f"READY port={port}", flush=True)
     await server.wait_for_shutdown_signal()
     if registration is not None:

@@ -20,6 +20,7 @@ from meshllm.api.moderation.v1 import moderation_pb2
 from meshllm.audit_chain import (GENESIS_HASH, TrailItem, as_float32,
                                              checkpoint_message, record_hash)
 from meshllm.audit_signing import AuditSigner
+from meshllm.sqlite_wal import switch_to_wal
 
 # How long a write waits for another replica's write lock before it fails.
 _LOCK_WAIT_SECONDS = 10.0
@@ -214,7 +215,7 @@ class AuditStore:
             # isolation_level=None: transactions are the store's own BEGIN/COMMIT.
             db = sqlite3.connect(self._path, timeout=_LOCK_WAIT_SECONDS,
                                  isolation_level=None, check_same_thread=False)
-            _switch_to_wal(db)
+            switch_to_wal(db, _LOCK_WAIT_SECONDS)
             db.execute("PRAGMA synchronous = FULL")
             self._db = db
         return self._db
@@ -278,18 +279,3 @@ def _checkpoint(row: tuple) -> moderation_pb2.AuditCheckpoint:
     return moderation_pb2.AuditCheckpoint(
         tenant_id=tenant_id, sequence=sequence, hash=hash_hex, time=_timestamp(time_ns),
         signature=signature, key_id=key_id)
-
-
-def _switch_to_wal(db: sqlite3.Connection) -> None:
-    """Changing the journal mode takes an exclusive lock SQLite does not wait for (the busy
-    timeout does not apply): two replicas opening one new file at once see "database is
-    locked" here. Retried within the lock wait; this runs on the worker thread, not the loop."""
-    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.02)

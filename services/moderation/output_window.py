@@ -15,8 +15,9 @@ from services.moderation.moderator import (
     CLASSIFIER_DETECTOR, Decision, Moderator, redacted, strongest,
 )
 
-CONTEXT_CHARS = 200
-"""Released text judged again with the next window: longer than any phrase or entity."""
+CONTEXT_CHARS = 64
+"""Released text judged again with the next window, so that a phrase across two windows is
+seen: a dozen words (entities need none: they are held back whole)."""
 MAX_HELD_CHARS = 8192
 """Past this much held text the oldest part is released anyway (a word with no end)."""
 _PRIVATE_KEY_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")

@@ -34,6 +34,7 @@ from services.router.pipeline import Events, GenerationCall, Next
 
 log = get_logger(__name__)
 _SENTENCE_END = re.compile(r"[.!?\n]")
+_WORD_END = re.compile(r"\s")
 _STAGE_WORDS = {m.STAGE_INPUT: "input", m.STAGE_OUTPUT: "output"}
 _ACTION_WORDS = {m.ACTION_FLAG: "flagged", m.ACTION_REDACT: "redacted",
                  m.ACTION_BLOCK: "blocked"}
@@ -165,8 +166,7 @@ class Moderation:
                         continue
                     held.append(delta.text)
                     held_tokens += len(delta.token_ids)
-                    if held_tokens < window and released_any and not _SENTENCE_END.search(
-                            delta.text):
+                    if not self._window_ends(delta.text, held_tokens, window, released_any):
                         continue
                     try:
                         verdict = await self._judge(call, output, "".join(held), False)
@@ -185,6 +185,15 @@ class Moderation:
                         return
         finally:
             output.close()
+
+    @staticmethod
+    def _window_ends(text: str, held_tokens: int, window: int, released_any: bool) -> bool:
+        """Whether the text held now goes to moderation: a full window or a sentence's end;
+        before anything was released, any word boundary (moderation releases nothing before
+        one, so the first word goes out as soon as it is complete)."""
+        if held_tokens >= window or _SENTENCE_END.search(text):
+            return True
+        return not released_any and _WORD_END.search(text) is not None
 
     async def _judge(self, call: GenerationCall, output, text: str,
                      end: bool) -> m.ModerateStreamResponse:

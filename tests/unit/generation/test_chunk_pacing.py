@@ -21,9 +21,14 @@ def test_the_gap_grows_with_open_streams_up_to_the_cap():
     assert pacer(500).gap() == 0.05
 
 
+def test_the_second_delta_never_waits_it_completes_the_first_word():
+    assert pacer(15).stream(max_tokens=1000).wait_after(1, time.monotonic()) == 0.0
+
+
 def test_a_stream_waits_out_the_gap_from_when_its_delta_went_out():
     pacing = pacer(15).stream(max_tokens=1000)
     sent = time.monotonic()
+    pacing.wait_after(1, sent - 1.0)  # the first delta, a second ago
     assert pacing.wait_after(1, sent) == pytest.approx(0.05, abs=0.005)
     assert pacing.wait_after(1, sent - 0.04) == pytest.approx(0.01, abs=0.005)
 
