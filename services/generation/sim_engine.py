@@ -62,7 +62,11 @@ def word_for(position: int, seed: int,
     repeated."""
     index = (position + seed) % len(tokens)
     text = tokens[index]
-    return (text.lstrip() if position == 0 else text), index
+    if position == 0:
+        return text.lstrip(), index
+    if index == 0 and not text[:1].isspace():
+        return " " + text, index  # the text starts over: a new word, not a run-on
+    return text, index
 
 
 def prompt_text(request: GenerationRequest) -> str:

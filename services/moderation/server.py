@@ -3,6 +3,7 @@ verdict on the trail."""
 import time
 
 import grpc
+from prometheus_client import Counter
 
 from meshllm.api.moderation.v1 import moderation_pb2 as m, moderation_pb2_grpc
 from meshllm.errors import CallRefused
@@ -14,6 +15,12 @@ from services.moderation.audit_writer import AuditWriter
 from services.moderation.config import ModerationSettings
 from services.moderation.moderator import Decision, Moderator
 from services.moderation.output_window import OutputWindow
+
+
+VERDICTS = Counter(
+    "meshllm_moderation_verdicts",
+    "Verdicts on the trail, by stage, category and action (allow: a text or window with no "
+    "finding acted on)", ["stage", "category", "action"])
 
 
 def tenancy_of(context: grpc.aio.ServicerContext) -> Tenancy:
@@ -30,6 +37,12 @@ def tenancy_of(context: grpc.aio.ServicerContext) -> Tenancy:
 def _invalid(field: str, message: str) -> CallRefused:
     return CallRefused(grpc.StatusCode.INVALID_ARGUMENT, message, reason="INVALID_TEXT",
                        field=field)
+
+
+_STAGE_NAMES = {m.STAGE_INPUT: "input", m.STAGE_OUTPUT: "output"}
+_CATEGORY_NAMES = {value: name.removeprefix("CATEGORY_").lower()
+                   for name, value in m.Category.items()}
+_ACTION_NAMES = {value: name.removeprefix("ACTION_").lower() for name, value in m.Action.items()}
 
 
 class ModerationServicer(moderation_pb2_grpc.ModerationServiceServicer):
@@ -86,12 +99,12 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServiceServicer):
         """Every verdict on the trail: each decision, or one ALLOW when nothing was acted on."""
         base = dict(request_id=current_request_id(), tenant_id=tenancy.tenant, stage=stage,
                     time_ns=time.time_ns(), policy_version=tenancy.policy_version)
-        if not decisions:
-            self._audit.submit(VerdictEntry(category=m.CATEGORY_UNSPECIFIED,
-                                            action=m.ACTION_ALLOW, detector="", score=0.0,
-                                            **base))
-        for decision in decisions:
-            finding = decision.finding
-            self._audit.submit(VerdictEntry(category=finding.category, action=decision.action,
-                                            detector=finding.detector, score=finding.score,
-                                            **base))
+        entries = [VerdictEntry(category=d.finding.category, action=d.action,
+                                detector=d.finding.detector, score=d.finding.score, **base)
+                   for d in decisions] or [VerdictEntry(
+                       category=m.CATEGORY_UNSPECIFIED, action=m.ACTION_ALLOW, detector="",
+                       score=0.0, **base)]
+        for entry in entries:
+            self._audit.submit(entry)
+            VERDICTS.labels(_STAGE_NAMES[stage], _CATEGORY_NAMES[entry.category],
+                            _ACTION_NAMES[entry.action]).inc()

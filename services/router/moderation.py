@@ -21,6 +21,7 @@ import time
 from contextlib import aclosing
 
 import grpc
+from prometheus_client import Counter
 
 from meshllm.api.inference.v1 import inference_pb2 as inference
 from meshllm.api.moderation.v1 import moderation_pb2 as m
@@ -33,6 +34,10 @@ from services.router.moderation_client import ModerationClient, ModerationUnavai
 from services.router.pipeline import Events, GenerationCall, Next
 
 log = get_logger(__name__)
+UNAVAILABLE = Counter(
+    "meshllm_router_moderation_unavailable",
+    "Calls whose moderation could not answer, by stage and what the tenant's policy did "
+    "(closed: the call failed; open: it went on unchecked)", ["stage", "fail_mode"])
 _SENTENCE_END = re.compile(r"[.!?\n]")
 _WORD_END = re.compile(r"\s")
 _STAGE_WORDS = {m.STAGE_INPUT: "input", m.STAGE_OUTPUT: "output"}
@@ -110,9 +115,11 @@ class Moderation:
         try:
             verdicts = await self._client.moderate_input(call, texts)
         except ModerationUnavailable as error:
-            if not fails_open(call.tenancy.policy):
-                raise unavailable(call, str(error)) from None
+            fail_open = fails_open(call.tenancy.policy)
+            UNAVAILABLE.labels("input", "open" if fail_open else "closed").inc()
             log.warning("moderation_unavailable", stage="input", detail=str(error))
+            if not fail_open:
+                raise unavailable(call, str(error)) from None
             events.append(unchecked_event(m.STAGE_INPUT, str(error), fail_open=True))
             return None
         for text in verdicts.texts:
@@ -200,8 +207,10 @@ class Moderation:
         try:
             return await output.judge(text, end)
         except ModerationUnavailable as error:
+            fail_open = fails_open(call.tenancy.policy)
+            UNAVAILABLE.labels("output", "open" if fail_open else "closed").inc()
             log.warning("moderation_unavailable", stage="output", detail=str(error))
-            if fails_open(call.tenancy.policy):
+            if fail_open:
                 raise _FailedOpen(unchecked_event(m.STAGE_OUTPUT, str(error), True),
                                   error.unreleased) from None
             raise unavailable(call, str(error)) from None

@@ -83,13 +83,21 @@ class AnchoredPatterns:
                 self._always.append(index)
             for word in anchor_set or ():
                 self._by_anchor.setdefault(word, []).append(index)
+        # Anchors by their first three characters (every anchor has at least MIN_ANCHOR): a
+        # text holds an anchor only if it holds its first three characters, so one pass over
+        # the text's trigrams leaves a few anchors to test out of hundreds.
+        self._by_trigram: dict[str, list[str]] = {}
+        for word in self._by_anchor:
+            self._by_trigram.setdefault(word[:MIN_ANCHOR], []).append(word)
 
     def candidates(self, text: str) -> list[int]:
         """Indexes of the regexes that may match `text`, in order."""
         # casefold, not lower: IGNORECASE matches "ſ" (long s) as "s"; casefold does too.
         lowered = text.casefold()
+        trigrams = {lowered[i:i + MIN_ANCHOR] for i in range(len(lowered) - MIN_ANCHOR + 1)}
         chosen = set(self._always)
-        for word, indexes in self._by_anchor.items():
-            if word in lowered:
-                chosen.update(indexes)
+        for trigram in trigrams & self._by_trigram.keys():
+            for word in self._by_trigram[trigram]:
+                if word in lowered:
+                    chosen.update(self._by_anchor[word])
         return sorted(chosen)
