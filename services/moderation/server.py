@@ -71,15 +71,17 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServiceServicer):
     async def ModerateStream(self, requests, context):
         tenancy = tenancy_of(context)
         window = OutputWindow(self._moderator, ModerationRules(tenancy.policy))
+        blocked = False
         async for request in requests:
+            if blocked:
+                continue  # until the caller half-closes: ending first would reset the stream
             if len(request.text.encode()) > self._settings.max_window_bytes:
                 raise _invalid("text", f"a window is at most {self._settings.max_window_bytes} "
                                        "bytes of UTF-8; send the output in smaller windows")
             verdict = await window.judge(request.text, request.end)
             self._record(tenancy, m.STAGE_OUTPUT, verdict.decisions)
             yield verdict.to_proto()
-            if verdict.action == m.ACTION_BLOCK or request.end:
-                return
+            blocked = verdict.action == m.ACTION_BLOCK
 
     def _check_texts(self, texts) -> None:
         if not texts:

@@ -103,11 +103,17 @@ class Moderation:
                 yield self._content_filtered(call, 0)
                 return
         if policy.moderation.output_disabled:
-            async for event in self._with_input_events(next_stage(call), input_events):
-                yield event
+            events = next_stage(call)
+            if input_events:  # else no second generator step per event
+                events = self._with_input_events(events, input_events)
+            async with aclosing(events):
+                async for event in events:
+                    yield event
             return
-        async for event in self._moderated_output(call, next_stage, input_events):
-            yield event
+        # Closed with the stage, however it ends: its cleanup aborts the generation.
+        async with aclosing(self._moderated_output(call, next_stage, input_events)) as events:
+            async for event in events:
+                yield event
 
     async def _moderate_input(self, call: GenerationCall,
                               events: list) -> m.ModerateTextResponse | None:

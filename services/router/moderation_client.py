@@ -62,26 +62,35 @@ class ModerationClient:
             end_span(span, code)
 
     def output(self, call: GenerationCall) -> "OutputModeration":
-        span = client_span(MODERATE_STREAM_METHOD)
-        stream = self._moderate_stream(timeout=call.time_remaining(),
-                                       metadata=_metadata(call, span))
-        return OutputModeration(stream, span, self._timeout)
+        def open_stream(span):
+            return self._moderate_stream(timeout=call.time_remaining(),
+                                         metadata=_metadata(call, span))
+        return OutputModeration(open_stream, self._timeout)
 
 
 class OutputModeration:
-    """One generation's ModerateStream: a window in, its verdict out, one at a time."""
+    """One generation's ModerateStream: a window in, its verdict out, one at a time. The call
+    opens with the first window, so a generation refused before any text (a full replica)
+    costs moderation nothing, and no stream is reset unused."""
 
-    def __init__(self, stream, span, timeout: float):
-        self._stream = stream
-        self._span = span
+    def __init__(self, open_stream, timeout: float):
+        self._open_stream = open_stream
+        self._stream = None
+        self._span = None
+        self._ended = False
         self._timeout = timeout
         self._withheld = ""
         """The end of the text sent so far that moderation has not released yet."""
 
     async def judge(self, text: str, end: bool = False) -> m.ModerateStreamResponse:
+        if self._stream is None:
+            self._span = client_span(MODERATE_STREAM_METHOD)
+            self._stream = self._open_stream(self._span)
         unreleased = self._withheld + text
         try:
             await self._stream.write(m.ModerateStreamRequest(text=text, end=end))
+            if end:  # half-closed before the service answers, so that neither side resets
+                await self._stream.done_writing()
             verdict = await asyncio.wait_for(self._stream.read(), self._timeout)
         except asyncio.TimeoutError:
             raise ModerationUnavailable(f"no verdict within {self._timeout:g} s",
@@ -95,12 +104,31 @@ class OutputModeration:
             raise ModerationUnavailable(await self._ended_early(), unreleased)
         self._withheld = unreleased[len(unreleased) - verdict.held_chars:] \
             if verdict.held_chars else ""
+        if end or verdict.action == m.ACTION_BLOCK:
+            await self._finish()
         return verdict
+
+    async def _finish(self) -> None:
+        """After the last verdict: half-close (if not yet) and take the service's status, so
+        that the call ends cleanly rather than by a reset. Envoy closes a connection (a
+        GOAWAY that takes every stream on it, generation's too) once most of its streams
+        were reset within a second of starting, which short moderated calls would be."""
+        try:
+            await self._stream.done_writing()
+            await asyncio.wait_for(self._stream.code(), self._timeout)  # the trailers
+            self._ended = True
+        except (asyncio.TimeoutError, asyncio.InvalidStateError, grpc.aio.AioRpcError):
+            pass  # close() resets what did not end
 
     async def _ended_early(self) -> str:
         code = await self._stream.code()
         return f"the stream ended early ({code.name}: {await self._stream.details()})"
 
     def close(self) -> None:
-        self._stream.cancel()
+        """Resets the call only if it has not ended: the generation failed or its client went
+        away before the last window."""
+        if self._stream is None:
+            return
+        if not self._ended:
+            self._stream.cancel()
         end_span(self._span, grpc.StatusCode.OK)

@@ -11,6 +11,7 @@ import sys
 import grpc
 import pytest
 
+from deploy.local.envoy_admin import stat
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.auth.v1 import auth_pb2
 from meshllm.api.generation.v1 import generation_pb2, generation_pb2_grpc
@@ -161,6 +162,19 @@ async def test_every_verdict_is_on_the_trail_which_the_cli_shows_and_verifies(cl
     tampered = cli(mesh, admin.secret, "audit", "verify")
     assert tampered.returncode == 1
     assert f"record {sequence}" in tampered.stdout + tampered.stderr
+
+
+async def test_moderated_calls_end_their_moderation_streams_without_a_reset(client, mesh):
+    """Envoy closes a connection (GOAWAY, every stream on it) once most of its streams were
+    reset within a second of starting: the router must end a ModerateStream it is done with
+    cleanly, and open none for a call that never streams text."""
+    _, key, _ = await client.new_tenant(DEFAULT_POLICY)
+    resets = "http.mesh.downstream_rq_rx_reset"
+    before = await stat(mesh.options.ports.admin, resets)
+    for _ in range(10):
+        events = await stream(client, key, "hi", max_tokens=30)
+        assert events[-1].finished.finish_reason == inference_pb2.FINISH_REASON_LENGTH
+    assert await stat(mesh.options.ports.admin, resets) == before
 
 
 def cli(mesh, key: str, *args: str) -> subprocess.CompletedProcess:
