@@ -14,7 +14,7 @@ import platform
 import tempfile
 from pathlib import Path
 
-from bench.overhead import PathResult, requests, run_path
+from bench.overhead import PathResult, merge, requests, run_path
 from bench.tenants import open_tenant_policy_env, set_dev_tenant_policy, unmoderated
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.auth.v1 import auth_pb2
@@ -74,11 +74,6 @@ async def main(args) -> None:
     print_table(results, args)
 
 
-def merged(runs: list[PathResult]) -> PathResult:
-    return PathResult([t for r in runs for t in r.ttfts], sum(r.tokens for r in runs),
-                      sum(r.seconds for r in runs))
-
-
 def print_table(results: dict[int, dict[str, list[PathResult]]], args) -> None:
     print(f"\nmeshllm bench: auth on vs off, sim engine (ttft {args.ttft * 1000:.0f} ms, itl "
           f"{args.itl * 1000:.0f} ms, {args.max_tokens} tokens/stream), 'on' policy "
@@ -87,7 +82,7 @@ def print_table(results: dict[int, dict[str, list[PathResult]]], args) -> None:
     print("| streams | calls a side | TTFT p50 / p99 ms off | on | on − off | tok/s off / on |")
     print("|---|---|---|---|---|---|")
     for streams, paths in results.items():
-        on, off = merged(paths["on"]), merged(paths["off"])
+        on, off = merge(paths["on"]), merge(paths["off"])
         print(f"| {streams} | {len(on.ttfts)} | {off.ttft_ms(.5):.1f} / {off.ttft_ms(.99):.1f} "
               f"| {on.ttft_ms(.5):.1f} / {on.ttft_ms(.99):.1f} "
               f"| {on.ttft_ms(.5) - off.ttft_ms(.5):+.1f} / "

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import psutil
 
-from bench.overhead import PathResult, cpu_seconds, requests, run_path
+from bench.overhead import cpu_seconds, merge, requests, run_path
 from deploy.local.mesh import LocalMesh, MeshOptions, MeshPorts
 from meshllm.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from meshllm.api.inference.v1 import inference_pb2_grpc
@@ -87,14 +87,9 @@ async def measure(args, moderation_replicas: int) -> list[tuple]:
                         runs[name].append(await run_path(stub, request, streams, rounds))
                         after = cpu_now()
                         cpu[name] = [c + b - a for c, a, b in zip(cpu[name], before, after)]
-                rows.append((moderation_replicas, streams, merged(runs["off"]),
-                             merged(runs["on"]), cpu))
+                rows.append((moderation_replicas, streams, merge(runs["off"]),
+                             merge(runs["on"]), cpu))
     return rows
-
-
-def merged(runs: list[PathResult]) -> PathResult:
-    return PathResult([t for r in runs for t in r.ttfts], sum(r.tokens for r in runs),
-                      sum(r.seconds for r in runs))
 
 
 def print_table(rows, args) -> None:

@@ -16,6 +16,7 @@ from meshllm.api.moderation.v1 import moderation_pb2, moderation_pb2_grpc
 from meshllm.api_key import bearer
 from meshllm.audit_chain import ChainCheck, TrailItem, verify_chain
 from meshllm.audit_signing import key_id_of, load_public_key, raw_public_key
+from meshllm.moderation_policy import word_for
 
 app = typer.Typer(help="The moderation verdict trail (meshllm.moderation.v1.AuditService); "
                        "needs an admin key.", no_args_is_help=True)
@@ -120,14 +121,9 @@ def verify(ctx: typer.Context,
     console().print(ok_line(verdict.check), markup=False)
 
 
-def _enum_name(enum, prefix: str, value: int) -> str:
+def _enum_name(enum, value: int) -> str:
     """STAGE_INPUT → input; a value this CLI does not know shows as its number."""
-    if value == 0:
-        return "-"
-    try:
-        return enum.Name(value).removeprefix(prefix).lower()
-    except ValueError:
-        return str(value)
+    return "-" if value == 0 else word_for(enum, value)
 
 
 def _time(record: moderation_pb2.AuditRecord) -> str:
@@ -137,9 +133,9 @@ def _time(record: moderation_pb2.AuditRecord) -> str:
 
 def verdict_row(record: moderation_pb2.AuditRecord) -> tuple[str, ...]:
     return (str(record.sequence), _time(record),
-            _enum_name(moderation_pb2.Stage, "STAGE_", record.stage),
-            _enum_name(moderation_pb2.Category, "CATEGORY_", record.category),
-            _enum_name(moderation_pb2.Action, "ACTION_", record.action),
+            _enum_name(moderation_pb2.Stage, record.stage),
+            _enum_name(moderation_pb2.Category, record.category),
+            _enum_name(moderation_pb2.Action, record.action),
             record.detector or "-", f"{record.score:.3f}", str(record.policy_version))
 
 

@@ -5,6 +5,8 @@ Envoy's ext_authz puts in the x-meshllm-policy-bin header. Auth validates it whe
 it (`check_moderation_policy`); the router reads what it needs for the stream (windows, fail
 mode, whether output is moderated at all); the moderation service decides each finding's
 action (`ModerationRules.action_for`)."""
+import functools
+import re
 from dataclasses import dataclass
 
 from meshllm.api.auth.v1 import auth_pb2
@@ -54,11 +56,7 @@ class ModerationRules:
                 default = self._rules[(rule.category, stage)]
                 self._rules[(rule.category, stage)] = Rule(
                     rule.action or default.action, rule.threshold or default_threshold)
-        self.fail_open = moderation.fail_mode == m.FAIL_MODE_OPEN
         self.blocklist = tuple(term.lower() for term in moderation.blocklist)
-        self.input_enabled = not moderation.input_disabled
-        self.output_enabled = not moderation.output_disabled
-        self.window_tokens = moderation.window_tokens or DEFAULT_WINDOW_TOKENS
 
     def action_for(self, category: int, stage: int, score: float) -> int:
         """What the policy does with a finding: ALLOW below the category's threshold."""
@@ -106,3 +104,15 @@ def check_moderation_policy(moderation: m.ModerationPolicy, field: str) -> tuple
         return f"{field}.window_tokens", (f"{field}.window_tokens must be 0 (the default) to "
                                           f"{MAX_WINDOW_TOKENS}, got {moderation.window_tokens}")
     return None
+
+
+@functools.cache
+def word_for(enum, value: int) -> str:
+    """A moderation enum value as people, metrics and data files name it: CATEGORY_SELF_HARM
+    → "self_harm", STAGE_INPUT → "input"; a value this code does not know is its number."""
+    try:
+        name = enum.Name(value)
+    except ValueError:
+        return str(value)
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.DESCRIPTOR.name).upper() + "_"
+    return name.removeprefix(prefix).lower()

@@ -17,12 +17,13 @@ IDENTITY_HEADERS = (TENANT_HEADER, POLICY_HEADER, POLICY_VERSION_HEADER, KEY_ID_
 class Tenancy:
     """A call's tenant and policy, read from its invocation metadata."""
 
-    __slots__ = ("tenant", "policy", "policy_version")
+    __slots__ = ("tenant", "policy", "policy_version", "_policy_bytes")
 
-    def __init__(self, tenant: str, policy: auth_pb2.Policy, policy_version: int):
+    def __init__(self, tenant: str, policy_bytes: bytes, policy_version: int):
         self.tenant = tenant
-        self.policy = policy
+        self.policy = auth_pb2.Policy.FromString(policy_bytes)
         self.policy_version = policy_version
+        self._policy_bytes = policy_bytes
 
     @classmethod
     def of(cls, metadata) -> "Tenancy | None":
@@ -37,13 +38,12 @@ class Tenancy:
                 version = int(value)
         if not tenant:
             return None
-        return cls(tenant, auth_pb2.Policy.FromString(policy), version)
+        return cls(tenant, policy, version)
 
     def metadata(self) -> list[tuple[str, str | bytes]]:
         """The headers this tenancy was read from, for a call the router makes on its behalf
-        (moderation judges under the same policy)."""
-        return [(TENANT_HEADER, self.tenant),
-                (POLICY_HEADER, self.policy.SerializeToString()),
+        (moderation judges under the same policy): the policy's bytes as they came."""
+        return [(TENANT_HEADER, self.tenant), (POLICY_HEADER, self._policy_bytes),
                 (POLICY_VERSION_HEADER, str(self.policy_version))]
 
 

@@ -2,6 +2,7 @@
 from dataclasses import dataclass
 
 from meshllm.api.moderation.v1 import moderation_pb2
+from meshllm.moderation_policy import HARMFUL
 
 Category = int  # a moderation_pb2.Category value
 
@@ -21,9 +22,5 @@ class Finding:
     """What a redaction puts in place of the span, such as "EMAIL" (→ "[EMAIL]")."""
 
 
-HARMFUL_CATEGORIES: tuple[Category, ...] = (
-    moderation_pb2.CATEGORY_VIOLENCE, moderation_pb2.CATEGORY_SELF_HARM,
-    moderation_pb2.CATEGORY_SEXUAL, moderation_pb2.CATEGORY_HATE,
-    moderation_pb2.CATEGORY_ILLEGAL_ACTIVITY,
-)
-"""The categories judged by meaning (lexicons and the classifier), not by pattern."""
+CLASSIFIED_CATEGORIES: tuple[Category, ...] = (*HARMFUL, moderation_pb2.CATEGORY_PROMPT_INJECTION)
+"""What the classifier scores: the harmful categories, and prompt injection."""

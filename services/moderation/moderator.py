@@ -12,13 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from meshllm.api.moderation.v1 import moderation_pb2 as m
-from meshllm.moderation_policy import HARMFUL, ModerationRules
+from meshllm.moderation_policy import ModerationRules
 from services.moderation.classifier_queue import ClassifierQueue
-from services.moderation.findings import Finding
+from services.moderation.findings import CLASSIFIED_CATEGORIES, Finding
 
 CLASSIFIER_DETECTOR = "classifier/minilm"
 BLOCKLIST_DETECTOR = "rules/blocklist"
-_JUDGED_BY_MEANING = frozenset((*HARMFUL, m.CATEGORY_PROMPT_INJECTION))
+_JUDGED_BY_MEANING = frozenset(CLASSIFIED_CATEGORIES)
 _SENTENCE_ENDS = (". ", "? ", "! ", "\n")
 CLASSIFIER_SPAN_CHARS = 400
 """About 100 tokens of English: under the 128 the classifier reads of one text."""

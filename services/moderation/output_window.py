@@ -7,7 +7,7 @@ of something longer is released: the last word (it may go on), a trailing run of
 (a card number, phone number or IBAN arriving group by group) and an unterminated private key
 block stay held until the text after them shows where they end, or the stream ends."""
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from meshllm.api.moderation.v1 import moderation_pb2 as m
 from meshllm.moderation_policy import ModerationRules
@@ -109,7 +109,6 @@ def _clipped(decisions: list[Decision], offset: int) -> list[Decision]:
     for decision in decisions:
         finding = decision.finding
         if finding.start < offset:
-            finding = type(finding)(finding.category, offset, finding.end, finding.score,
-                                    finding.detector, finding.label)
+            finding = replace(finding, start=offset)
         clipped.append(Decision(finding, decision.action))
     return clipped

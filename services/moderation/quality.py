@@ -8,15 +8,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshllm.api.moderation.v1 import moderation_pb2
+from meshllm.moderation_policy import HARMFUL
 from services.moderation.detectors.detection import RuleDetectors
 from services.moderation.detectors.lexicon import category_name
-from services.moderation.findings import HARMFUL_CATEGORIES, Category, Finding
+from services.moderation.findings import Category, Finding
 
 if TYPE_CHECKING:  # the classifier module imports torch, which a rules-only caller never needs
     from services.moderation.detectors.classifier import ExemplarClassifier
 
 LABELLED_CATEGORIES: tuple[str, ...] = tuple(category_name(c) for c in (
-    *HARMFUL_CATEGORIES, moderation_pb2.CATEGORY_PERSONAL_DATA, moderation_pb2.CATEGORY_SECRETS,
+    *HARMFUL, moderation_pb2.CATEGORY_PERSONAL_DATA, moderation_pb2.CATEGORY_SECRETS,
     moderation_pb2.CATEGORY_PROMPT_INJECTION))
 """The categories a labelled example may name, as it names them."""
 

@@ -7,7 +7,7 @@ from prometheus_client import Counter
 
 from meshllm.api.moderation.v1 import moderation_pb2 as m, moderation_pb2_grpc
 from meshllm.errors import CallRefused
-from meshllm.moderation_policy import ModerationRules
+from meshllm.moderation_policy import ModerationRules, word_for
 from meshllm.request_context import current_request_id
 from meshllm.tenancy import Tenancy
 from services.moderation.audit_store import VerdictEntry
@@ -37,12 +37,6 @@ def tenancy_of(context: grpc.aio.ServicerContext) -> Tenancy:
 def _invalid(field: str, message: str) -> CallRefused:
     return CallRefused(grpc.StatusCode.INVALID_ARGUMENT, message, reason="INVALID_TEXT",
                        field=field)
-
-
-_STAGE_NAMES = {m.STAGE_INPUT: "input", m.STAGE_OUTPUT: "output"}
-_CATEGORY_NAMES = {value: name.removeprefix("CATEGORY_").lower()
-                   for name, value in m.Category.items()}
-_ACTION_NAMES = {value: name.removeprefix("ACTION_").lower() for name, value in m.Action.items()}
 
 
 class ModerationServicer(moderation_pb2_grpc.ModerationServiceServicer):
@@ -108,5 +102,5 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServiceServicer):
                        score=0.0, **base)]
         for entry in entries:
             self._audit.submit(entry)
-            VERDICTS.labels(_STAGE_NAMES[stage], _CATEGORY_NAMES[entry.category],
-                            _ACTION_NAMES[entry.action]).inc()
+            VERDICTS.labels(word_for(m.Stage, stage), word_for(m.Category, entry.category),
+                            word_for(m.Action, entry.action)).inc()

@@ -26,7 +26,7 @@ from prometheus_client import Counter
 from meshllm.api.inference.v1 import inference_pb2 as inference
 from meshllm.api.moderation.v1 import moderation_pb2 as m
 from meshllm.logging import get_logger
-from meshllm.moderation_policy import fails_open, window_tokens
+from meshllm.moderation_policy import fails_open, window_tokens, word_for
 from meshllm.protos import duration
 from meshllm.tenancy import cost_micro_usd
 from services.router.errors import RequestRejected
@@ -40,28 +40,32 @@ UNAVAILABLE = Counter(
     "(closed: the call failed; open: it went on unchecked)", ["stage", "fail_mode"])
 _SENTENCE_END = re.compile(r"[.!?\n]")
 _WORD_END = re.compile(r"\s")
-_STAGE_WORDS = {m.STAGE_INPUT: "input", m.STAGE_OUTPUT: "output"}
 _ACTION_WORDS = {m.ACTION_FLAG: "flagged", m.ACTION_REDACT: "redacted",
                  m.ACTION_BLOCK: "blocked"}
 
 
 def moderation_event(stage: int, verdict: m.Verdict) -> inference.GenerateResponse:
-    category = m.Category.Name(verdict.category).removeprefix("CATEGORY_").lower()
-    message = (f"{category.replace('_', ' ')} {_ACTION_WORDS.get(verdict.action, 'found')} "
-               f"in the {_STAGE_WORDS[stage]} ({verdict.detector})")
+    category = word_for(m.Category, verdict.category).replace("_", " ")
+    message = (f"{category} {_ACTION_WORDS.get(verdict.action, 'found')} "
+               f"in the {word_for(m.Stage, stage)} ({verdict.detector})")
     return inference.GenerateResponse(moderation=inference.ModerationEvent(
         stage=stage, category=verdict.category, action=verdict.action,
         detector=verdict.detector, score=verdict.score, message=message))
 
 
-def unchecked_event(stage: int, reason: str, fail_open: bool) -> inference.GenerateResponse:
-    what = ("went on unchecked: the tenant's policy fails open" if fail_open
-            else "was stopped: the tenant's policy fails closed")
+def failed_open(call: GenerationCall, stage: int,
+                error: ModerationUnavailable) -> inference.GenerateResponse:
+    """The event saying the text goes on unchecked, when the tenant's policy fails open;
+    otherwise the call fails (raises RequestRejected). Counted and logged either way."""
+    fail_open = fails_open(call.tenancy.policy)
+    UNAVAILABLE.labels(word_for(m.Stage, stage), "open" if fail_open else "closed").inc()
+    log.warning("moderation_unavailable", stage=word_for(m.Stage, stage), detail=str(error))
+    if not fail_open:
+        raise unavailable(call, str(error)) from None
     return inference.GenerateResponse(moderation=inference.ModerationEvent(
-        stage=stage, action=m.ACTION_UNSPECIFIED if fail_open else m.ACTION_BLOCK,
-        detector="moderation-unavailable", unchecked=fail_open,
-        message=f"moderation could not judge the {_STAGE_WORDS[stage]} ({reason}); the "
-                f"{_STAGE_WORDS[stage]} {what}"))
+        stage=stage, detector="moderation-unavailable", unchecked=True,
+        message=f"moderation could not judge the {word_for(m.Stage, stage)} ({error}); the "
+                f"{word_for(m.Stage, stage)} went on unchecked: the tenant's policy fails open"))
 
 
 def unavailable(call: GenerationCall, reason: str) -> RequestRejected:
@@ -121,12 +125,7 @@ class Moderation:
         try:
             verdicts = await self._client.moderate_input(call, texts)
         except ModerationUnavailable as error:
-            fail_open = fails_open(call.tenancy.policy)
-            UNAVAILABLE.labels("input", "open" if fail_open else "closed").inc()
-            log.warning("moderation_unavailable", stage="input", detail=str(error))
-            if not fail_open:
-                raise unavailable(call, str(error)) from None
-            events.append(unchecked_event(m.STAGE_INPUT, str(error), fail_open=True))
+            events.append(failed_open(call, m.STAGE_INPUT, error))
             return None
         for text in verdicts.texts:
             events.extend(moderation_event(m.STAGE_INPUT, v) for v in text.verdicts)
@@ -213,13 +212,8 @@ class Moderation:
         try:
             return await output.judge(text, end)
         except ModerationUnavailable as error:
-            fail_open = fails_open(call.tenancy.policy)
-            UNAVAILABLE.labels("output", "open" if fail_open else "closed").inc()
-            log.warning("moderation_unavailable", stage="output", detail=str(error))
-            if fail_open:
-                raise _FailedOpen(unchecked_event(m.STAGE_OUTPUT, str(error), True),
-                                  error.unreleased) from None
-            raise unavailable(call, str(error)) from None
+            raise _FailedOpen(failed_open(call, m.STAGE_OUTPUT, error),
+                              error.unreleased) from None
 
     @staticmethod
     def _released(verdict: m.ModerateStreamResponse) -> Events:

@@ -16,11 +16,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from meshllm.api.moderation.v1 import moderation_pb2
 from services.moderation.detectors.lexicon import category_name
-from services.moderation.findings import HARMFUL_CATEGORIES, Category
+from services.moderation.findings import CLASSIFIED_CATEGORIES, Category
 
 EXEMPLAR_DIRECTORY = Path(__file__).parent / "exemplars"
-CLASSIFIED_CATEGORIES: tuple[Category, ...] = (
-    *HARMFUL_CATEGORIES, moderation_pb2.CATEGORY_PROMPT_INJECTION)
 MAX_TOKENS = 128
 """MiniLM was trained on 128-token inputs; a longer text is judged on its start."""
 EMBEDDING_BATCH = 32

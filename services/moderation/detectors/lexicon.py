@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshllm.api.moderation.v1 import moderation_pb2
+from meshllm.moderation_policy import HARMFUL, word_for
 from services.moderation.detectors.anchors import AnchoredPatterns
-from services.moderation.findings import HARMFUL_CATEGORIES, Category, Finding
+from services.moderation.findings import Category, Finding
 
 LEXICON_DIRECTORY = Path(__file__).parent / "lexicons"
 
@@ -32,7 +33,7 @@ class LexiconEntry:
 def category_name(category: Category) -> str:
     """CATEGORY_SELF_HARM → "self_harm": how lexicon and exemplar files and the labelled set
     name a category."""
-    return moderation_pb2.Category.Name(category).removeprefix("CATEGORY_").lower()
+    return word_for(moderation_pb2.Category, category)
 
 
 DEFINITION = re.compile(r"\$(?P<name>\w+) = (?P<regex>.+)")
@@ -76,7 +77,7 @@ class LexiconDetector:
         self._phrases: list[tuple[Category, float]] = []
         self._look_alikes: dict[Category, list[re.Pattern]] = {}
         regexes = []
-        for category in HARMFUL_CATEGORIES:
+        for category in HARMFUL:
             entries = read_lexicon(directory / f"{category_name(category)}.txt")
             for entry in sorted(entries, key=lambda e: -e.weight):
                 if entry.weight:

@@ -5,7 +5,7 @@ import pytest
 from meshllm.api.auth.v1 import auth_pb2
 from meshllm.api.moderation.v1 import moderation_pb2 as m
 from meshllm.moderation_policy import (DEFAULT_WINDOW_TOKENS, ModerationRules,
-                                       check_moderation_policy)
+                                       check_moderation_policy, fails_open, window_tokens)
 
 
 def test_the_default_policy_redacts_personal_data_and_secrets_flags_injection_blocks_harm():
@@ -16,8 +16,8 @@ def test_the_default_policy_redacts_personal_data_and_secrets_flags_injection_bl
         assert rules.action_for(m.CATEGORY_PROMPT_INJECTION, stage, 0.9) == m.ACTION_FLAG
         assert rules.action_for(m.CATEGORY_VIOLENCE, stage, 0.9) == m.ACTION_BLOCK
         assert rules.action_for(m.CATEGORY_HATE, stage, 0.9) == m.ACTION_BLOCK
-    assert not rules.fail_open and rules.input_enabled and rules.output_enabled
-    assert rules.window_tokens == DEFAULT_WINDOW_TOKENS
+    assert not fails_open(auth_pb2.Policy())
+    assert window_tokens(auth_pb2.Policy()) == DEFAULT_WINDOW_TOKENS
 
 
 def test_a_score_below_the_threshold_is_allowed_and_strictness_moves_the_threshold():
@@ -32,17 +32,18 @@ def test_a_score_below_the_threshold_is_allowed_and_strictness_moves_the_thresho
 
 
 def test_a_tenant_rule_overrides_one_category_at_one_stage_and_keeps_the_rest():
-    rules = ModerationRules(auth_pb2.Policy(moderation=m.ModerationPolicy(
+    policy = auth_pb2.Policy(moderation=m.ModerationPolicy(
         rules=[m.CategoryRule(category=m.CATEGORY_PERSONAL_DATA, stage=m.STAGE_OUTPUT,
                               action=m.ACTION_BLOCK),
                m.CategoryRule(category=m.CATEGORY_VIOLENCE, action=m.ACTION_FLAG,
                               threshold=0.9)],
-        fail_mode=m.FAIL_MODE_OPEN, blocklist=["Zorp"], window_tokens=4)))
+        fail_mode=m.FAIL_MODE_OPEN, blocklist=["Zorp"], window_tokens=4))
+    rules = ModerationRules(policy)
     assert rules.action_for(m.CATEGORY_PERSONAL_DATA, m.STAGE_OUTPUT, 1.0) == m.ACTION_BLOCK
     assert rules.action_for(m.CATEGORY_PERSONAL_DATA, m.STAGE_INPUT, 1.0) == m.ACTION_REDACT
     assert rules.action_for(m.CATEGORY_VIOLENCE, m.STAGE_INPUT, 0.8) == m.ACTION_ALLOW
     assert rules.action_for(m.CATEGORY_VIOLENCE, m.STAGE_INPUT, 0.95) == m.ACTION_FLAG
-    assert rules.fail_open and rules.blocklist == ("zorp",) and rules.window_tokens == 4
+    assert fails_open(policy) and rules.blocklist == ("zorp",) and window_tokens(policy) == 4
 
 
 @pytest.mark.parametrize("policy, field", [
