@@ -22,6 +22,7 @@ class LocalMeshSettings(BaseSettings):
     model: str = Field(default=str(TINY_MODEL_DIR), validation_alias=AliasChoices("MESHLLM_MODEL"))
     auth_replicas: int = 1
     moderation_replicas: int = 1
+    retrieval_replicas: int = 1
     mesh_cpus: int = 1
     """With vLLM on CPU: cores for everything but the engine (deploy/local/cpu_layout.py)."""
     database_url: str = Field(default="", validation_alias=AliasChoices("MESHLLM_DATABASE_URL"))
@@ -43,6 +44,7 @@ class LocalMeshSettings(BaseSettings):
                             mesh=self.mesh_port, admin=self.admin_port),
             engine=self.engine, model=self.model, auth_replicas=self.auth_replicas,
             moderation_replicas=self.moderation_replicas,
+            retrieval_replicas=self.retrieval_replicas,
             database_url=self.database_url, redis_url=self.redis_url, mesh_cpus=self.mesh_cpus,
             autoscale=self.autoscale, scaling_config=self.scaling_config,
             warm_pool_size=self.warm_pool_size)

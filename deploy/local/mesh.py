@@ -61,6 +61,10 @@ class MeshOptions:
     auth_env: tuple[tuple[str, str], ...] = ()
     moderation_replicas: int = 1
     moderation_env: tuple[tuple[str, str], ...] = ()
+    retrieval_replicas: int = 0
+    """`make up` runs one; a test mesh only when it grounds generations (the router calls
+    retrieval only for requests that name a collection)."""
+    retrieval_env: tuple[tuple[str, str], ...] = ()
     router_env: tuple[tuple[str, str], ...] = ()
     controlplane_env: tuple[tuple[str, str], ...] = ()
     open_tenant: str = ""
@@ -90,12 +94,14 @@ class LocalMesh:
         self.generation: dict[str, ManagedProcess] = {}
         self.auth: dict[str, ManagedProcess] = {}
         self.moderation: dict[str, ManagedProcess] = {}
+        self.retrieval: dict[str, ManagedProcess] = {}
         self.api_key = ""
         """The dev tenant's admin key: `authorization: Bearer <api_key>` on public calls."""
         self.cpu_layout = cpu_layout(options.engine, options.mesh_cpus)
         self._replica_ids = (f"generation-{n}" for n in itertools.count(1))
         self._auth_ids = (f"auth-{n}" for n in itertools.count(1))
         self._moderation_ids = (f"moderation-{n}" for n in itertools.count(1))
+        self._retrieval_ids = (f"retrieval-{n}" for n in itertools.count(1))
         self._router_ids = (f"router-{n}" for n in itertools.count(1))
         self._autoscaling: asyncio.Task | None = None
         self._warm_ids = (f"warm-{n}" for n in itertools.count(1))
@@ -141,9 +147,11 @@ class LocalMesh:
         await asyncio.gather(
             self.start_router(),
             *(self.add_moderation_replica() for _ in range(self.options.moderation_replicas)),
+            *(self.add_retrieval_replica() for _ in range(self.options.retrieval_replicas)),
             *(self.add_generation_replica() for _ in range(generation_replicas)))
         await self.wait_until_routed([self.router, *self.auth.values(),
-                                      *self.moderation.values(), *self.generation.values()])
+                                      *self.moderation.values(), *self.retrieval.values(),
+                                      *self.generation.values()])
         if self.options.autoscale:
             await self.start_autoscaling()
 
@@ -187,6 +195,20 @@ class LocalMesh:
             **dict(self.options.moderation_env),
         })
         self.moderation[replica_id] = process
+        return process
+
+    async def add_retrieval_replica(self) -> ManagedProcess:
+        return await self.supervisor.start(self.retrieval_replica(), timeout=120)
+
+    def retrieval_replica(self) -> ManagedProcess:
+        """A retrieval replica, listed in `retrieval` but not started yet, on the embedded
+        store in the work dir (one replica's: the autoscaler keeps one, scaling.toml)."""
+        replica_id = next(self._retrieval_ids)
+        process = self._service_replica("retrieval", replica_id, {
+            "MESHLLM_RETRIEVAL_LANCE_DIRECTORY": str(self.options.workdir / "retrieval"),
+            **dict(self.options.retrieval_env),
+        })
+        self.retrieval[replica_id] = process
         return process
 
     @asynccontextmanager
@@ -318,7 +340,8 @@ class LocalMesh:
                         start=self.start_generation_replica, stop=self.supervisor.stop),
                     "router": scaled(self.routers, self.router_replica, 60),
                     "auth": scaled(self.auth, self.auth_replica, 60),
-                    "moderation": scaled(self.moderation, self.moderation_replica, 120)}
+                    "moderation": scaled(self.moderation, self.moderation_replica, 120),
+                    "retrieval": scaled(self.retrieval, self.retrieval_replica, 120)}
         self._autoscaling = asyncio.create_task(
             follow_autoscaler(f"{host}:{ports.controlplane}", services), name="autoscaling")
 

@@ -67,6 +67,12 @@ def _wrap(handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodH
             request_deserializer=parse,
             response_serializer=_passing_bytes(handler.response_serializer),
         )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            _wrap_client_stream(handler.stream_unary, method),
+            request_deserializer=parse,
+            response_serializer=handler.response_serializer,
+        )
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(
             _wrap_bidi(handler.stream_stream, method),
@@ -128,6 +134,15 @@ def _wrap_stream(behaviour, method: str):
                         await context.write(message)
 
     return stream
+
+
+def _wrap_client_stream(behaviour, method: str):
+    async def client_stream(requests, context):
+        with CallScope(method, context) as scope:
+            async with _answering_failures(context, method, scope.request_id):
+                return await behaviour(_parsed(requests, method), context)
+
+    return client_stream
 
 
 def _wrap_bidi(behaviour, method: str):

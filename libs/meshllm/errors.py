@@ -27,18 +27,22 @@ class CallRefused(Exception):
     """The request field at fault (a BadRequest field violation), when there is one."""
     retry_after: float | None = None
     """Seconds after which a retry can succeed (RetryInfo), when one can."""
+    facts: dict[str, str] | None = None
+    """What else the caller may need to act on (ErrorInfo metadata)."""
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
 
     def to_status(self) -> grpc.Status:
         return status_with_details(self.code, self.message, self.reason, self.field,
-                                   self.retry_after)
+                                   self.retry_after, self.facts)
 
 
 def status_with_details(code: grpc.StatusCode, message: str, reason: str, field: str = "",
-                        retry_after: float | None = None) -> grpc.Status:
-    details = [error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)]
+                        retry_after: float | None = None,
+                        facts: dict[str, str] | None = None) -> grpc.Status:
+    details = [error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN,
+                                           metadata=facts or {})]
     if field:
         details.append(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]))

@@ -2,7 +2,10 @@
 
 ext_authz (the auth service) sets these headers after the public listener stripped any copy a
 client sent, so a service behind Envoy trusts them and nothing else: never a request field."""
+import grpc
+
 from meshllm.api.auth.v1 import auth_pb2
+from meshllm.errors import CallRefused
 
 TENANT_HEADER = "x-meshllm-tenant"
 POLICY_HEADER = "x-meshllm-policy-bin"  # a serialized meshllm.auth.v1.Policy
@@ -45,6 +48,16 @@ class Tenancy:
         (moderation judges under the same policy): the policy's bytes as they came."""
         return [(TENANT_HEADER, self.tenant), (POLICY_HEADER, self._policy_bytes),
                 (POLICY_VERSION_HEADER, str(self.policy_version))]
+
+
+def required_tenancy(metadata, why: str) -> Tenancy:
+    """The call's tenancy; UNAUTHENTICATED saying `why` the service needs one when it has
+    none."""
+    tenancy = Tenancy.of(metadata)
+    if tenancy is None:
+        raise CallRefused(grpc.StatusCode.UNAUTHENTICATED, f"the call carries no tenant: {why}",
+                          reason="TENANT_MISSING")
+    return tenancy
 
 
 def cost_micro_usd(policy: auth_pb2.Policy, model: str, prompt_tokens: int,

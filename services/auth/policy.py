@@ -3,6 +3,7 @@ import re
 from datetime import UTC, datetime
 
 from meshllm.api.auth.v1 import auth_pb2
+from meshllm.collection_access import ALL_COLLECTIONS
 from meshllm.errors import CallRefused
 from meshllm.moderation_policy import check_moderation_policy
 import grpc
@@ -17,8 +18,10 @@ MAX_PRICE_PER_1K_MICRO_USD = 10**12
 
 
 def default_policy() -> auth_pb2.Policy:
-    """What a tenant created without a policy gets: every model, no limits, no budget."""
-    return auth_pb2.Policy(moderation_strictness=auth_pb2.MODERATION_STRICTNESS_MEDIUM)
+    """What a tenant created without a policy gets: every model and every collection of its
+    own, no limits, no budget."""
+    return auth_pb2.Policy(moderation_strictness=auth_pb2.MODERATION_STRICTNESS_MEDIUM,
+                           allowed_collections=[ALL_COLLECTIONS])
 
 
 def check_tenant_id(tenant_id: str, field: str = "tenant_id") -> None:

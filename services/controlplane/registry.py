@@ -9,6 +9,7 @@ GENERATION_SERVICE = "generation"
 ROUTER_SERVICE = "router"
 AUTH_SERVICE = "auth"
 MODERATION_SERVICE = "moderation"
+RETRIEVAL_SERVICE = "retrieval"
 # A service name becomes part of a gRPC path (`/meshllm.<service>.v1.`), so it must be a
 # proto package segment.
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -30,6 +30,7 @@ MESH_LISTENER = "mesh"
 ROUTER_CLUSTER = "router"
 AUTH_CLUSTER = "auth"
 MODERATION_CLUSTER = "moderation"
+RETRIEVAL_CLUSTER = "retrieval"
 # Set on purpose: Envoy's default of 1,024 per cluster would cap concurrent streams (each
 # stream holds one request for its whole length).
 CIRCUIT_BREAKER_LIMIT = 10_000

@@ -17,7 +17,8 @@ from meshllm.protos import MODEL_HEADER, duration
 from meshllm.tenancy import REQUEST_LIMIT_HEADER, TENANT_HEADER
 from services.controlplane.listeners import EXT_AUTHZ_FILTER
 from services.controlplane.resources import (
-    AUTH_CLUSTER, MESH_LISTENER, MODERATION_CLUSTER, PUBLIC_LISTENER, ROUTER_CLUSTER,
+    AUTH_CLUSTER, MESH_LISTENER, MODERATION_CLUSTER, PUBLIC_LISTENER, RETRIEVAL_CLUSTER,
+    ROUTER_CLUSTER,
     generation_cluster_name, pack,
     service_cluster_name,
 )
@@ -34,6 +35,9 @@ AUTH_USAGE_PREFIX = "/meshllm.auth.v1.UsageService/"
 # headers its caller sends), the audit API public, behind ext_authz's admin check.
 MODERATION_PREFIX = "/meshllm.moderation.v1.ModerationService/"
 AUDIT_PREFIX = "/meshllm.moderation.v1.AuditService/"
+# Retrieval is on both: clients load and search their collections (public, behind ext_authz,
+# rate limited like inference), the router searches for grounded generations (mesh).
+RETRIEVAL_PREFIX = "/meshllm.retrieval.v1.RetrievalService/"
 TENANT_DESCRIPTOR_KEY = "tenant"
 LIMIT_DESCRIPTOR_KEY = "limit"
 """The rate-limit descriptor entry of an inference call: ("tenant", <the tenant id that
@@ -148,19 +152,23 @@ def without_ext_authz(route: route_components_pb2.Route) -> route_components_pb2
 
 def public_routes(open_tenant: str = "") -> route_pb2.RouteConfiguration:
     """The public listener: the public API (rate limited per tenant) and reflection, served
-    by the router, and auth's admin API. Never auth's usage API (see AUTH_USAGE_PREFIX).
+    by the router, retrieval's API (rate limited too), and auth's admin API. Never auth's usage API (see AUTH_USAGE_PREFIX).
     With an open tenant the public API and reflection need no key (and carry no rate limit);
     the admin API always does."""
     retries = retry_policy(PUBLIC_RETRY_ON, num_retries=2)
     inference = _prefix_route("inference", INFERENCE_PREFIX, ROUTER_CLUSTER, retries)
+    retrieval = _prefix_route("retrieval", RETRIEVAL_PREFIX, RETRIEVAL_CLUSTER, retries)
     reflection = _prefix_route("reflection", REFLECTION_PREFIX, ROUTER_CLUSTER, retries)
     if open_tenant:
-        inference, reflection = without_ext_authz(inference), without_ext_authz(reflection)
+        inference, retrieval, reflection = (without_ext_authz(route) for route in
+                                            (inference, retrieval, reflection))
     else:
         inference.route.rate_limits.append(tenant_rate_limit())
+        retrieval.route.rate_limits.append(tenant_rate_limit())
     return route_pb2.RouteConfiguration(name=PUBLIC_LISTENER, virtual_hosts=[
         route_components_pb2.VirtualHost(name=PUBLIC_LISTENER, domains=["*"], routes=[
-            inference, reflection, _auth_route("auth-admin", AUTH_ADMIN_PREFIX), _audit_route(),
+            inference, retrieval, reflection, _auth_route("auth-admin", AUTH_ADMIN_PREFIX),
+            _audit_route(),
         ])])
 
 

@@ -14,7 +14,8 @@ from google.protobuf.message import Message
 
 from services.controlplane import listeners, resources, routes
 from services.controlplane.registry import (
-    AUTH_SERVICE, GENERATION_SERVICE, MODERATION_SERVICE, ROUTER_SERVICE, Replica,
+    AUTH_SERVICE, GENERATION_SERVICE, MODERATION_SERVICE, RETRIEVAL_SERVICE, ROUTER_SERVICE,
+    Replica,
 )
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -23,11 +24,12 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 # Make-before-break: clusters and their endpoints before the listeners and routes using them.
 PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
-# Pools whose clusters the listeners always use: the public routes go to the router, to auth
-# and to moderation's audit API, ext_authz and the rate limit filter call auth, the mesh
-# routes auth's usage API and moderation (before its first replica: UNAVAILABLE, which the
-# router fails closed or open by the tenant's policy).
-ALWAYS_PRESENT_POOLS = ((ROUTER_SERVICE, ""), (AUTH_SERVICE, ""), (MODERATION_SERVICE, ""))
+# Pools whose clusters the listeners always use: the public routes go to the router, to auth,
+# to moderation's audit API and to retrieval, ext_authz and the rate limit filter call auth,
+# the mesh routes auth's usage API, moderation (before its first replica: UNAVAILABLE, which
+# the router fails closed or open by the tenant's policy) and retrieval.
+ALWAYS_PRESENT_POOLS = ((ROUTER_SERVICE, ""), (AUTH_SERVICE, ""), (MODERATION_SERVICE, ""),
+                        (RETRIEVAL_SERVICE, ""))
 # Services whose mesh routes are their own (routes.mesh_routes), not `/meshllm.<service>.v1.`:
 # generation by model, auth only for its usage API, moderation only for its ModerationService
 # (its audit API is public, for admin keys), the router none (its API is public).

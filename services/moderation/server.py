@@ -9,7 +9,7 @@ from meshllm.api.moderation.v1 import moderation_pb2 as m, moderation_pb2_grpc
 from meshllm.errors import CallRefused
 from meshllm.moderation_policy import ModerationRules, word_for
 from meshllm.request_context import current_request_id
-from meshllm.tenancy import Tenancy
+from meshllm.tenancy import Tenancy, required_tenancy
 from services.moderation.audit_store import VerdictEntry
 from services.moderation.audit_writer import AuditWriter
 from services.moderation.config import ModerationSettings
@@ -24,14 +24,10 @@ VERDICTS = Counter(
 
 
 def tenancy_of(context: grpc.aio.ServicerContext) -> Tenancy:
-    tenancy = Tenancy.of(context.invocation_metadata())
-    if tenancy is None:
-        raise CallRefused(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "the call carries no tenant: moderation judges text under a tenant's policy, from "
-            "the x-meshllm-tenant and x-meshllm-policy-bin metadata that Envoy's ext_authz "
-            "sets (the router passes them on)", reason="TENANT_MISSING")
-    return tenancy
+    return required_tenancy(
+        context.invocation_metadata(),
+        "moderation judges text under a tenant's policy, from the x-meshllm-tenant and "
+        "x-meshllm-policy-bin metadata that Envoy's ext_authz sets (the router passes them on)")
 
 
 def _invalid(field: str, message: str) -> CallRefused:

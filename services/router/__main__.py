@@ -14,9 +14,11 @@ from services.router.pipeline import Pipeline
 from services.router.server import InferenceServicer
 from services.router.checks import ChooseModel, check_request, check_tenant_policy
 from services.router.cold_start import ColdStartHold
+from services.router.grounding import Grounding
 from services.router.metering import Metering, Settlements
 from services.router.moderation import Moderation
 from services.router.moderation_client import ModerationClient
+from services.router.retrieval_client import RetrievalClient
 
 
 async def main(settings: RouterSettings) -> None:
@@ -42,7 +44,9 @@ async def main(settings: RouterSettings) -> None:
                 check_tenant_policy],
         # Moderation first: a call whose input is blocked waits for no cold start and holds
         # no budget; its output is judged after generation and metering saw every token.
+        # Grounding next: it searches with the input as moderation left it.
         stream_stages=[Moderation(ModerationClient(mesh, settings.moderation_timeout_seconds)),
+                       Grounding(RetrievalClient(mesh, settings.retrieval_timeout_seconds)),
                        hold, Metering(accounting, settlements)],
         last=GenerationClient(mesh))
     server = MeshServer(settings, service="router")

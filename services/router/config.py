@@ -26,3 +26,6 @@ class RouterSettings(ServiceSettings):
     """How long the router waits for a moderation verdict (the input's, or an output
     window's) before the call fails closed, or goes on unchecked if the tenant's policy fails
     open."""
+    retrieval_timeout_seconds: float = 2.0
+    """How long the router waits for retrieval's passages before the call fails (or goes on
+    without context, when the request allows it)."""

@@ -5,24 +5,19 @@ exemplar, scores high.
 
 Synchronous and CPU-bound: the service runs `scores` in one worker thread, batching what
 arrived; nothing here is shared with another thread."""
-import hashlib
 import math
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import torch
-from transformers import AutoModel, AutoTokenizer
 
 from meshllm.api.moderation.v1 import moderation_pb2
+from meshllm.sentence_embeddings import SentenceEncoder
 from services.moderation.detectors.lexicon import category_name
 from services.moderation.findings import CLASSIFIED_CATEGORIES, Category
 
 EXEMPLAR_DIRECTORY = Path(__file__).parent / "exemplars"
 MAX_TOKENS = 128
 """MiniLM was trained on 128-token inputs; a longer text is judged on its start."""
-EMBEDDING_BATCH = 32
-"""Texts a forward pass; more buys no speed on CPU and pads more."""
 TOP_K = 2
 """A text is as close to a category as the mean of its two nearest exemplars: one odd
 exemplar cannot decide alone."""
@@ -44,47 +39,17 @@ def read_exemplars(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-class EmbeddingCache:
-    """The embeddings of the texts seen last; the same system prompt or message comes back
-    with every turn of a conversation. Keyed by a digest, so that a cache of long texts holds
-    their embeddings and not the texts."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._embeddings: OrderedDict[bytes, np.ndarray] = OrderedDict()
-
-    def get(self, text: str) -> np.ndarray | None:
-        key = digest(text)
-        embedding = self._embeddings.get(key)
-        if embedding is not None:
-            self._embeddings.move_to_end(key)
-        return embedding
-
-    def put(self, text: str, embedding: np.ndarray) -> None:
-        key = digest(text)
-        self._embeddings[key] = embedding
-        self._embeddings.move_to_end(key)
-        while len(self._embeddings) > self._size:
-            self._embeddings.popitem(last=False)
-
-
-def digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
 class ExemplarClassifier:
     """Scores texts against the exemplars of the harmful categories and prompt injection."""
 
     def __init__(self, model_path: str | Path, exemplar_directory: Path = EXEMPLAR_DIRECTORY,
                  cache_size: int = 2048) -> None:
-        self._tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self._model = AutoModel.from_pretrained(model_path).eval()
-        self._cache = EmbeddingCache(cache_size)
+        self._encoder = SentenceEncoder(model_path, MAX_TOKENS, cache_size)
         self._exemplars = {
-            category: self._embed_uncached(
+            category: self._encoder.embed_uncached(
                 read_exemplars(exemplar_directory / f"{category_name(category)}.txt"))
             for category in CLASSIFIED_CATEGORIES}
-        self._benign = self._embed_uncached(read_exemplars(exemplar_directory / "benign.txt"))
+        self._benign = self._encoder.embed_uncached(read_exemplars(exemplar_directory / "benign.txt"))
 
     def scores(self, texts: list[str]) -> list[dict[Category, float]]:
         """Per text, each classified category's score from 0 to 1."""
@@ -104,33 +69,7 @@ class ExemplarClassifier:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length embeddings, one row a text; texts seen lately come from the cache."""
-        cached = [self._cache.get(text) for text in texts]
-        missing = list(dict.fromkeys(
-            text for text, embedding in zip(texts, cached) if embedding is None))
-        fresh = dict(zip(missing, self._embed_uncached(missing))) if missing else {}
-        for text, embedding in fresh.items():
-            self._cache.put(text, embedding)
-        return np.stack([fresh[text] if embedding is None else embedding
-                         for text, embedding in zip(texts, cached)])
-
-    def _embed_uncached(self, texts: list[str]) -> np.ndarray:
-        # Texts of like length batch together, so that a long one pads few short ones.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        embeddings = np.empty((len(texts), self._model.config.hidden_size), dtype=np.float32)
-        for first in range(0, len(order), EMBEDDING_BATCH):
-            chosen = order[first:first + EMBEDDING_BATCH]
-            embeddings[chosen] = self._embed_batch([texts[i] for i in chosen])
-        return embeddings
-
-    def _embed_batch(self, texts: list[str]) -> np.ndarray:
-        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS,
-                                return_tensors="pt")
-        with torch.inference_mode():
-            tokens = self._model(**batch).last_hidden_state
-        # Mean over the real tokens (not padding), as sentence-transformers pools this model.
-        mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-        pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=1).numpy()
+        return self._encoder.embed(texts)
 
 
 def nearest(similarities: np.ndarray) -> np.ndarray:

@@ -65,7 +65,7 @@ def test_first_requests_get_every_resource_with_a_version_and_nonce():
     assert [r.type_url for r in sent] == [CLUSTER, LISTENER]
     assert all(r.version_info and r.nonce for r in sent)
     assert len({r.nonce for r in sent}) == 2
-    assert len(sent[0].resources) == 4  # router, auth, moderation and tiny
+    assert len(sent[0].resources) == 5  # router, auth, moderation, retrieval and tiny
     assert stream.responses(snap(1)) == []
 
 

@@ -45,7 +45,7 @@ def test_empty_load_assignment_is_accepted_by_envoy(envoy_validate):
 def test_public_listener_with_its_filters_and_routes_is_accepted_by_envoy(envoy_validate):
     listener = listeners.public_listener(LAYOUT, route_config=routes.public_routes())
     envoy_validate(clusters=[resources.cluster(name, LAYOUT, local_origin_only=True)
-                             for name in ("router", "auth", "moderation")], listeners=[listener])
+                             for name in ("router", "auth", "moderation", "retrieval")], listeners=[listener])
 
 
 def test_mesh_listener_with_its_routes_is_accepted_by_envoy(envoy_validate):

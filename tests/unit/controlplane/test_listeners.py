@@ -35,7 +35,7 @@ def unpacked(http_filter, message):
 
 def test_each_public_filter_is_accepted_by_envoy(envoy_validate):
     clusters = [resources.cluster(name, LAYOUT, local_origin_only=True)
-                for name in ("router", "auth", "moderation")]
+                for name in ("router", "auth", "moderation", "retrieval")]
     for http_filter in listeners.public_http_filters(LAYOUT):
         envoy_validate(clusters=clusters, listeners=[resources.listener(
             "public", LAYOUT.public_port, LAYOUT, http_filters=[http_filter],
@@ -113,7 +113,7 @@ OPEN = EnvoyLayout(listen_host="127.0.0.1", public_port=18080, mesh_port=18081,
 
 def test_an_open_tenant_listener_and_routes_are_accepted_by_envoy(envoy_validate):
     clusters = [resources.cluster(name, OPEN, local_origin_only=True)
-                for name in ("router", "auth", "moderation")]
+                for name in ("router", "auth", "moderation", "retrieval")]
     envoy_validate(clusters=clusters, listeners=[listeners.public_listener(
         OPEN, route_config=routes.public_routes(OPEN.open_tenant))])
 
@@ -137,7 +137,7 @@ def test_an_open_tenants_policy_is_asserted_too_and_accepted_by_envoy(envoy_vali
     padded = header.value + "=" * (-len(header.value) % 4)
     assert auth_pb2.Policy.FromString(base64.b64decode(padded)) == policy
     clusters = [resources.cluster(name, layout, local_origin_only=True)
-                for name in ("router", "auth", "moderation")]
+                for name in ("router", "auth", "moderation", "retrieval")]
     envoy_validate(clusters=clusters, listeners=[listeners.public_listener(
         layout, route_config=routes.public_routes(layout.open_tenant))])
 
@@ -145,7 +145,7 @@ def test_an_open_tenants_policy_is_asserted_too_and_accepted_by_envoy(envoy_vali
 def test_an_open_tenant_needs_no_key_for_inference_but_an_admin_key_for_the_admin_api():
     (host,) = routes.public_routes("solo").virtual_hosts
     by_name = {route.name: route for route in host.routes}
-    for name in ("inference", "reflection"):
+    for name in ("inference", "retrieval", "reflection"):
         per_route = ext_authz_pb2.ExtAuthzPerRoute()
         assert by_name[name].typed_per_filter_config[listeners.EXT_AUTHZ_FILTER].Unpack(per_route)
         assert per_route.disabled and not by_name[name].route.rate_limits

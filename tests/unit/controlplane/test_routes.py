@@ -5,6 +5,7 @@ AUTH_ADMIN = "/meshllm.auth.v1.AuthService/"
 AUTH_USAGE = "/meshllm.auth.v1.UsageService/"
 MODERATION = "/meshllm.moderation.v1.ModerationService/"
 AUDIT = "/meshllm.moderation.v1.AuditService/"
+RETRIEVAL = "/meshllm.retrieval.v1.RetrievalService/"
 
 
 def by_prefix(config) -> dict:
@@ -19,13 +20,14 @@ def routed(config, path: str) -> str | None:
     return None
 
 
-def test_the_public_listener_routes_the_public_api_reflection_and_the_admin_apis_only():
+def test_the_public_listener_routes_the_public_apis_reflection_and_the_admin_apis_only():
     public = routes.public_routes()
-    assert set(by_prefix(public)) == {INFERENCE, "/grpc.reflection.", AUTH_ADMIN, AUDIT}
+    assert set(by_prefix(public)) == {INFERENCE, RETRIEVAL, "/grpc.reflection.", AUTH_ADMIN, AUDIT}
     assert routed(public, INFERENCE + "Generate") == "router"
     assert routed(public, "/grpc.reflection.v1alpha.ServerReflection/Info") == "router"
     assert routed(public, AUTH_ADMIN + "CreateApiKey") == "auth"
     assert routed(public, AUDIT + "ExportAuditLog") == "moderation"
+    assert routed(public, RETRIEVAL + "Search") == "retrieval"
 
 
 def test_moderation_judges_text_on_the_mesh_only_and_its_trail_is_read_on_the_public_listener():
@@ -63,9 +65,11 @@ def test_inference_calls_carry_one_tenant_descriptor_from_the_headers_ext_authz_
     assert not limit.HasField("stage")  # stage 0, the rate limit filter's (its default)
 
 
-def test_only_inference_calls_are_rate_limited():
-    for prefix, route in by_prefix(routes.public_routes()).items():
-        if prefix != INFERENCE:
+def test_only_inference_and_retrieval_calls_are_rate_limited():
+    public = by_prefix(routes.public_routes())
+    assert public[RETRIEVAL].route.rate_limits == public[INFERENCE].route.rate_limits
+    for prefix, route in public.items():
+        if prefix not in (INFERENCE, RETRIEVAL):
             assert not route.route.rate_limits, prefix
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from services.moderation.detectors.classifier import (CLASSIFIED_CATEGORIES, EmbeddingCache,
-                                                      ExemplarClassifier)
+from meshllm.sentence_embeddings import EmbeddingCache
+from services.moderation.detectors.classifier import CLASSIFIED_CATEGORIES, ExemplarClassifier
 from services.moderation.detectors.detection import RuleDetectors
 from services.moderation.quality import (LABELLED_CATEGORIES, QualityReport, judge, measure,
                                          read_labelled_set)
