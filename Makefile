@@ -77,13 +77,14 @@ test-integration: protos model ## real servers on free ports (one vLLM replica)
 test-e2e: protos model node_modules/.installed ## the whole mesh: Envoy, router, vLLM replicas
 	$(PY) -m pytest -q tests/e2e
 
-bench: protos model ## sim: direct vs the mesh at 1/16/64 streams, auth on vs off, output moderation on vs off, moderation precision/recall, an autoscaling ramp; vLLM: its own server vs the mesh, cancels, cold starts
+bench: protos model ## sim: direct vs the mesh at 1/16/64 streams, auth on vs off, output moderation on vs off, moderation precision/recall, an autoscaling ramp; retrieval per store; vLLM: its own server vs the mesh, cancels, cold starts
 	$(PY) -m bench.overhead
 	$(PY) -m bench.auth_overhead
 	$(PY) -m bench.moderation_overhead
 	$(PY) -m bench.moderation_quality
 	$(PY) -m bench.scaling_ramp
 	$(PY) -m bench.cold_start
+	$(PY) -m bench.retrieval
 	$(PY) -m bench.real_engine
 
 clean: ## remove everything make built

@@ -144,13 +144,11 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         hits = await self._in_store(self._store.search, spec, request.query, embedding, mode,
                                     top_k, filters)
         SEARCH_SECONDS.labels(mode.value).observe(time.perf_counter() - started)
-        for hit in hits:
-            chunk = hit.chunk
-            yield r.SearchResponse(passage=r.Passage(
-                chunk_id=chunk.chunk_id, document_id=chunk.document_id,
-                chunk_index=chunk.chunk_index, text=chunk.text, score=hit.score,
-                metadata=chunk.metadata, start_offset=chunk.start_offset,
-                end_offset=chunk.end_offset))
+        yield r.SearchResponse(passages=[r.Passage(
+            chunk_id=hit.chunk.chunk_id, document_id=hit.chunk.document_id,
+            chunk_index=hit.chunk.chunk_index, text=hit.chunk.text, score=hit.score,
+            metadata=hit.chunk.metadata, start_offset=hit.chunk.start_offset,
+            end_offset=hit.chunk.end_offset) for hit in hits])
 
     async def _collection(self, tenancy: Tenancy, name: str, field: str) -> CollectionSpec:
         validation.check_collection_name(name, field)

@@ -1,15 +1,17 @@
 """What the retrieval service asks of a vector store, and the plain records it passes.
 
 Two stores implement it (services/retrieval/stores/): LanceDB, embedded on local disk, and
-Milvus, a server (or Milvus Lite in-process). tests/unit/retrieval/test_store_contract.py holds
-both to the same behaviour.
+Milvus, a server (or Milvus Lite in-process). The contract suite,
+tests/integration/retrieval/test_store_contract.py, holds both to the same behaviour.
 
 The service has already resolved the tenant (from Envoy's headers) and checked the input
 when it calls a store; a store never sees a collection name without its tenant, and keeps
 every tenant's chunks where no query of another tenant can reach them.
 
 The methods are synchronous and may block (disk, network): the service calls them in worker
-threads. A store must allow concurrent calls from several threads."""
+threads. A store must allow concurrent calls from several threads. A call on a collection
+deleted meanwhile raises CollectionMissing or finds nothing, never another collection's
+rows."""
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -41,7 +43,7 @@ class CollectionSpec:
     overlap_tokens: int
     description: str = ""
     create_time: float = 0.0
-    """Seconds since the epoch."""
+    """Seconds since the epoch; the service sets it, stores keep it as given."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,8 @@ class SearchMode(Enum):
 class Hit:
     chunk: Chunk
     score: float
-    """Higher is better: reciprocal-rank fusion (k=60) for hybrid, cosine similarity for
-    dense, BM25 for keyword."""
+    """Higher is better: for hybrid the sum over both rankings of 1 / (60 + rank), ranks
+    from 1; cosine similarity for dense; BM25 for keyword."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,9 @@ class VectorStore(Protocol):
     def delete_collection(self, spec: CollectionSpec) -> None:
         """Deletes the collection and its chunks; a collection already gone is no error."""
 
-    def counts(self, spec: CollectionSpec) -> CollectionCounts: ...
+    def counts(self, spec: CollectionSpec) -> CollectionCounts:
+        """After a crash mid-write Milvus may count rows of a version no read returns, until
+        that document is written or deleted again."""
 
     def content_hashes(self, spec: CollectionSpec, document_ids: list[str]) -> dict[str, str]:
         """The stored content hash of each of these documents the collection holds."""

@@ -8,6 +8,7 @@ when the request allows it, the call goes on without context and the event says 
 from contextlib import aclosing
 
 import grpc
+from prometheus_client import Counter
 
 from meshllm.api.inference.v1 import inference_pb2 as inference
 from meshllm.api.retrieval.v1 import retrieval_pb2 as r
@@ -20,6 +21,10 @@ from services.router.pipeline import Events, GenerationCall, Next
 from services.router.retrieval_client import RetrievalClient, RetrievalUnavailable
 
 log = get_logger(__name__)
+GROUNDED_CALLS = Counter(
+    "meshllm_router_grounded_calls", "Calls that named a retrieval collection, by outcome "
+    "(grounded; nothing_found; without_context: retrieval failed and the request allowed it; "
+    "failed: retrieval failed and so did the call)", ["outcome"])
 DEFAULT_TOP_K = 4
 MAX_TOP_K = 20
 
@@ -53,6 +58,8 @@ class Grounding:
                 filters=options.filters))
         except RetrievalUnavailable as error:
             log.warning("retrieval_unavailable", collection=options.collection, detail=str(error))
+            GROUNDED_CALLS.labels(
+                "without_context" if options.allow_without_context else "failed").inc()
             if not options.allow_without_context:
                 raise RequestRejected(
                     grpc.StatusCode.UNAVAILABLE,
@@ -64,6 +71,7 @@ class Grounding:
                 message=f"retrieval failed ({error}); generated without context, as the "
                         "request allows"))
         placed = place_passages(call.request, passages, context_budget(call))
+        GROUNDED_CALLS.labels("grounded" if placed else "nothing_found").inc()
         message = (f"{len(placed)} passages from {options.collection!r}" if placed else
                    f"nothing in {options.collection!r} matched the question")
         if len(placed) < len(passages):

@@ -32,9 +32,10 @@ class RetrievalClient:
         remaining = call.time_remaining()
         timeout = self._timeout if remaining is None else max(0.0, min(self._timeout, remaining))
         try:
-            return [response.passage async for response in self._search(
+            return [passage async for response in self._search(
                 request, timeout=timeout,
-                metadata=[*carried_metadata(span), *call.tenancy.metadata()])]
+                metadata=[*carried_metadata(span), *call.tenancy.metadata()])
+                for passage in response.passages]
         except grpc.aio.AioRpcError as error:
             code = error.code()
             if code in _PASSED_ON:

@@ -15,7 +15,7 @@ exactly beside the indexed ones, so a write is searchable at once. Hybrid querie
 searches with LanceDB's reciprocal-rank reranker."""
 import json
 import threading
-import time
+from datetime import timedelta
 from pathlib import Path
 
 import lancedb
@@ -33,7 +33,13 @@ INDEX_MIN_ROWS = 5_000
 REFINE_FACTOR = 5
 """The quantised index proposes 5 x top_k candidates, re-ranked on the full vectors: recall@10
 went from 0.96 to 1.0 on 100k chunks for ~1.5 ms more (measured here)."""
+HNSW = {"m": 16, "ef_construction": 100}
+"""Lance's defaults are 20 and 300: at 100k chunks they built in 55 s here, these in ~35 s,
+with the same recall@10 (1.0, re-ranked as above)."""
 RRF_K = 60
+KEEP_VERSIONS_FOR = timedelta(hours=1)
+"""Every commit makes a table version; older ones are removed by `optimize` after this long
+(Lance's default, 7 days, keeps a busy collection's every write on disk for a week)."""
 _CHUNK_COLUMNS = ["chunk_id", "document_id", "chunk_index", "text", "start_offset", "end_offset",
                   "metadata"]
 _CATALOG_SCHEMA = pa.schema([
@@ -195,8 +201,8 @@ class LanceStore:
         with self._write_lock(spec):
             if not any(index.columns == ["vector"] for index in table.list_indices()):
                 if table.count_rows() >= INDEX_MIN_ROWS:
-                    table.create_index("vector", config=HnswSq(distance_type="cosine"))
-            table.optimize()
+                    table.create_index("vector", config=HnswSq(distance_type="cosine", **HNSW))
+            table.optimize(cleanup_older_than=KEEP_VERSIONS_FOR)
 
     def close(self) -> None:
         with self._lock:
@@ -225,7 +231,7 @@ def catalog_row(spec: CollectionSpec) -> dict:
     return {"tenant": spec.tenant, "name": spec.name, "uid": spec.uid,
             "dimension": spec.dimension, "embedding_model": spec.embedding_model,
             "max_tokens": spec.max_tokens, "overlap_tokens": spec.overlap_tokens,
-            "description": spec.description, "create_time": spec.create_time or time.time()}
+            "description": spec.description, "create_time": spec.create_time}
 
 
 def spec_from_row(row: dict) -> CollectionSpec:

@@ -80,10 +80,10 @@ async def test_a_grounded_call_cites_its_passages_before_the_first_token(client,
     assert citation.passage.metadata == {"team": "support"}
     prompt = echoed(events)  # what the model was given (repeated up to max_tokens)
     assert "[1]" in prompt and "Reset" in prompt and "Rotterdam" not in prompt
-    found = [response.passage async for response in retrieval.Search(
+    found = [passage async for response in retrieval.Search(
         r.SearchRequest(collection="handbook", query="password",
                         document_ids=[citation.passage.document_id], top_k=10),
-        metadata=bearer(key), timeout=10)]
+        metadata=bearer(key), timeout=10) for passage in response.passages]
     assert citation.passage.chunk_id in {passage.chunk_id for passage in found}
 
 

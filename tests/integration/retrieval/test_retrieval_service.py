@@ -43,8 +43,9 @@ def load(collection: str, documents, per_request: int = 50):
 
 
 async def search(tenant, collection: str = "docs", **fields) -> list[r.Passage]:
-    return [response.passage async for response in tenant.Search(
-        r.SearchRequest(collection=collection, **fields), timeout=30)]
+    return [passage async for response in tenant.Search(
+        r.SearchRequest(collection=collection, **fields), timeout=30)
+        for passage in response.passages]
 
 
 async def refusal(call) -> grpc.aio.AioRpcError:

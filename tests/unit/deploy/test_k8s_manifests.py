@@ -17,12 +17,14 @@ from services.controlplane.scaling_config import load_scaling_config
 from services.generation.config import GenerationSettings
 from services.router.config import RouterSettings
 from services.moderation.config import ModerationSettings
+from services.retrieval.config import RetrievalSettings
 from tests.unit.deploy.network_policy import Pod, allowed
 
 REPO = Path(__file__).resolve().parents[3]
-SERVICES = ("controlplane", "envoy", "router", "auth", "moderation", "generation")
+SERVICES = ("controlplane", "envoy", "router", "auth", "moderation", "retrieval", "generation")
 SETTINGS = {"controlplane": ControlPlaneSettings, "router": RouterSettings,
             "auth": AuthSettings, "moderation": ModerationSettings,
+            "retrieval": RetrievalSettings,
             "generation": GenerationSettings}
 NAME = "app.kubernetes.io/name"
 MODEL = "meshllm.dev/model"
@@ -130,9 +132,11 @@ def test_router_and_auth_scale_on_cpu_within_the_bounds_of_the_scaling_config(re
         assert "replicas" not in named(rendered, "Deployment", service)["spec"]
 
 
-def test_moderation_runs_the_one_replica_its_volume_allows_as_the_scaling_config_says(rendered):
-    bounds = load_scaling_config_from(rendered).for_service("moderation")
-    deployment = named(rendered, "Deployment", "moderation")["spec"]
+@pytest.mark.parametrize("service", ["moderation", "retrieval"])
+def test_a_service_on_a_volume_runs_the_one_replica_it_allows_as_the_scaling_config_says(
+        rendered, service):
+    bounds = load_scaling_config_from(rendered).for_service(service)
+    deployment = named(rendered, "Deployment", service)["spec"]
     assert deployment["replicas"] == bounds.min_replicas == bounds.max_replicas == 1
     assert deployment["strategy"]["type"] == "Recreate"
 
@@ -213,7 +217,7 @@ def test_the_services_discovery_reads_carry_its_labels_and_a_grpc_port(rendered)
     discovered = [s for s in of_kind(rendered, "Service")
                   if labels(s).get("meshllm.dev/discovered") == "true"]
     assert {labels(s)[NAME] for s in discovered} == {"router", "auth", "moderation",
-                                                      "generation"}
+                                                      "retrieval", "generation"}
     for service in discovered:
         assert "grpc" in {port["name"] for port in service["spec"]["ports"]}
         if labels(service)[NAME] == "generation":
@@ -282,10 +286,11 @@ def test_network_policies_let_only_envoy_reach_replicas_and_only_the_mesh_and_ke
 
     assert may(OUTSIDER, "envoy", "public")
     for target, port in (("envoy", "mesh"), ("controlplane", "grpc"), ("router", "grpc"),
-                         ("auth", "grpc"), ("moderation", "grpc"), ("generation", "grpc")):
+                         ("auth", "grpc"), ("moderation", "grpc"), ("retrieval", "grpc"),
+                         ("generation", "grpc")):
         assert not may(OUTSIDER, target, port), (target, port)
     assert may(KEDA, "controlplane", "grpc") and not may(KEDA, "generation", "grpc")
-    for replica in ("router", "auth", "moderation", "generation"):
+    for replica in ("router", "auth", "moderation", "retrieval", "generation"):
         assert may(pods["envoy"], replica, "grpc")
         assert may(pods[replica], "controlplane", "grpc")
         assert may(pods[replica], "envoy", "mesh")
@@ -293,5 +298,6 @@ def test_network_policies_let_only_envoy_reach_replicas_and_only_the_mesh_and_ke
     assert not may(pods["generation"], "auth", "grpc")
     assert may(pods["envoy"], "controlplane", "grpc")
     assert not may(pods["router"], "moderation", "grpc")  # through Envoy's mesh listener only
-    for service in ("controlplane", "router", "auth", "moderation", "generation"):
+    assert not may(pods["router"], "retrieval", "grpc")
+    for service in ("controlplane", "router", "auth", "moderation", "retrieval", "generation"):
         assert may(PROMETHEUS, service, "metrics")
