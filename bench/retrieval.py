@@ -11,12 +11,14 @@ loads go through `python -m services.retrieval` in its own process, called as th
 it (tenant headers, no Envoy), one call at a time."""
 import argparse
 import asyncio
+import multiprocessing
 import platform
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -99,29 +101,38 @@ def query_embedding_ms(queries: list[str]) -> float:
     return statistics.median(seconds) * 1000
 
 
-async def bench_store(kind: str, args) -> dict:
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench-retrieval-{kind}-"))
-    settings = RetrievalSettings(store=kind, lance_directory=str(workdir / "lance"),
-                                 milvus_uri=str(workdir / "milvus.db"))
+def prepared_store(settings: RetrievalSettings, chunks: int, recall_queries: int) -> dict:
+    """Loads the corpus (and the neighbour's), builds the indexes and measures recall; in a
+    process of its own, run by bench_store: Milvus Lite's server lives as long as the process
+    that opened its file, and the service must open it next."""
     corpus = SyntheticCorpus(seed=0)
-    result = {"store": kind}
+    result = {}
     store = open_store(settings)
     spec, neighbour = spec_for(TENANT, "corpus"), spec_for(OTHER_TENANT, "corpus")
     store.create_collection(spec)
     store.create_collection(neighbour)
-    load_seconds, ids, vectors = load_directly(store, spec, corpus, args.chunks)
-    load_directly(store, neighbour, SyntheticCorpus(seed=1), args.chunks // 10)
+    load_seconds, ids, vectors = load_directly(store, spec, corpus, chunks)
+    load_directly(store, neighbour, SyntheticCorpus(seed=1), chunks // 10)
     started = time.perf_counter()
     store.optimize(spec)
     store.optimize(neighbour)
-    result["load"] = args.chunks / load_seconds
+    result["load"] = chunks / load_seconds
     result["index"] = time.perf_counter() - started
-    result["recall"] = dense_recall(store, spec, ids, vectors,
-                                    corpus.vectors(args.recall_queries))
-    del ids, vectors
+    result["recall"] = dense_recall(store, spec, ids, vectors, corpus.vectors(recall_queries))
     store.close()
+    return result
 
-    process = ManagedProcess(f"retrieval-{kind}", [sys.executable, "-m", "services.retrieval"], env={
+
+async def bench_store(kind: str, args) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-retrieval-{kind}-"))
+    settings = RetrievalSettings(store=kind, lance_directory=str(workdir / "lance"),
+                                 milvus_uri=str(workdir / "milvus.db"))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        result = {"store": kind, **await asyncio.get_running_loop().run_in_executor(
+            child, prepared_store, settings, args.chunks, args.recall_queries)}
+    corpus = SyntheticCorpus(seed=0)
+    process = ManagedProcess(f"retrieval-{kind}", [sys.executable, "-m", "services.retrieval"],
+                             env={
         "MESHLLM_RETRIEVAL_STORE": kind,
         "MESHLLM_RETRIEVAL_LANCE_DIRECTORY": settings.lance_directory,
         "MESHLLM_RETRIEVAL_MILVUS_URI": settings.milvus_uri,
@@ -155,6 +166,16 @@ async def bench_store(kind: str, args) -> dict:
     return result
 
 
+def summary(result: dict) -> str:
+    """The store's table row, after its name."""
+    def p(name):
+        values = [s * 1000 for s in result[name]]
+        return f"{statistics.median(values):.1f} / {percentile(values, 0.99):.1f}"
+    return (f"{p('hybrid')} | {p('hybrid given')} | {p('dense')} | {p('given')} | "
+            f"{p('keyword')} | {result['recall']:.3f} | {result['ingest']:.0f} "
+            f"({result['ingested']} chunks) | {result['load']:.0f} | {result['index']:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stores", default="lance,milvus")
@@ -163,7 +184,10 @@ def main() -> None:
     parser.add_argument("--recall-queries", type=int, default=50)
     parser.add_argument("--ingest-documents", type=int, default=100)
     args = parser.parse_args()
-    results = [asyncio.run(bench_store(kind, args)) for kind in args.stores.split(",")]
+    results = []
+    for kind in args.stores.split(","):
+        results.append(asyncio.run(bench_store(kind, args)))
+        print(f"({kind} done: {summary(results[-1])})", flush=True)
     embedding = query_embedding_ms(results[0]["questions"][WARM_UP:WARM_UP + 100])
     print(f"\nmeshllm bench: retrieval, {args.chunks} chunks in the tenant's collection (and "
           f"{args.chunks // 10} in a neighbour's), top_k 10, {args.queries} sequential searches "
@@ -173,13 +197,7 @@ def main() -> None:
           "chunks/s | index build s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for result in results:
-        def p(name):
-            values = [s * 1000 for s in result[name]]
-            return f"{statistics.median(values):.1f} / {percentile(values, 0.99):.1f}"
-        print(f"| {result['store']} | {p('hybrid')} | {p('hybrid given')} | {p('dense')} | "
-              f"{p('given')} | {p('keyword')} | {result['recall']:.3f} | "
-              f"{result['ingest']:.0f} ({result['ingested']} chunks) | {result['load']:.0f} | "
-              f"{result['index']:.1f} |")
+        print(f"| {result['store']} | {summary(result)} |")
     print(f"\nquery embedding (all-MiniLM-L6-v2, one thread, one query): p50 {embedding:.1f} ms; "
           "the searches above include it, except 'embedding given'")
 

@@ -28,9 +28,9 @@ def tenant_headers(tenant: str = TEST_TENANT) -> list[tuple[str, str]]:
 class AsTenant:
     """A stub whose every call carries `tenant_metadata()`, as if it came through Envoy."""
 
-    def __init__(self, stub, tenant: str = TEST_TENANT):
+    def __init__(self, stub, tenant: str = TEST_TENANT, policy: auth_pb2.Policy | None = None):
         self._stub = stub
-        self._metadata = tenant_metadata(tenant)
+        self._metadata = tenant_metadata(tenant, policy)
 
     def __getattr__(self, method: str):
         call = getattr(self._stub, method)

@@ -29,6 +29,8 @@ def ready_banner(options: MeshOptions, api_key: str) -> str:
             f"  {GRPCURL} -plaintext {key_header} {endpoint} list\n"
             f"  {GRPCURL} -plaintext {key_header} -d '{request}' {endpoint} "
             "meshllm.inference.v1.InferenceService/Generate\n"
+            "  (answers grounded in your own documents: meshllm.retrieval.v1.RetrievalService, "
+            "README.md and docs/retrieval.md)\n"
             f"  {REPO_ROOT / '.venv' / 'bin' / 'meshllm'} admin tenants list\n"
             f"  {REPO_ROOT / '.venv' / 'bin' / 'meshllm'} audit verify   "
             "(the moderation verdict trail)\n"

@@ -29,6 +29,14 @@ class _UnaryStreamKey(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(_with_key(details, self._key), request)
 
 
+class _StreamUnaryKey(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, key):
+        self._key = key
+
+    async def intercept_stream_unary(self, continuation, details, requests):
+        return await continuation(_with_key(details, self._key), requests)
+
+
 class _StreamStreamKey(grpc.aio.StreamStreamClientInterceptor):
     def __init__(self, key):
         self._key = key
@@ -53,7 +61,8 @@ class KeyedStub:
 def keyed_channel(target: str, api_key: str, secure: bool = False) -> grpc.aio.Channel:
     """A channel to the mesh's public endpoint whose every call carries `api_key`."""
     key = bearer(api_key)
-    interceptors = [_UnaryUnaryKey(key), _UnaryStreamKey(key), _StreamStreamKey(key)]
+    interceptors = [_UnaryUnaryKey(key), _UnaryStreamKey(key), _StreamUnaryKey(key),
+                    _StreamStreamKey(key)]
     if secure:
         return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(),
                                        interceptors=interceptors)

@@ -38,9 +38,10 @@ def load_embedder(settings: RetrievalSettings) -> EmbeddingWorker:
     return EmbeddingWorker(SentenceEncoder(model, MAX_CHUNK_TOKENS, settings.embedding_cache_size))
 
 
-async def main(settings: RetrievalSettings) -> None:
-    store, embedder = await asyncio.gather(asyncio.to_thread(open_store, settings),
-                                           asyncio.to_thread(load_embedder, settings))
+def retrieval_server(settings: RetrievalSettings, store: VectorStore,
+                     embedder: EmbeddingWorker) -> tuple[MeshServer, IndexMaintenance]:
+    """The server with the RetrievalService on it (not started), and the index maintenance
+    it feeds (stop it after the drain)."""
     maintenance = IndexMaintenance(store)
     catalog = CollectionCatalog(store, settings.embedding_model or MODEL_NAME, embedder.dimension,
                                 settings.catalog_cache_seconds)
@@ -48,6 +49,13 @@ async def main(settings: RetrievalSettings) -> None:
     server.add_service(retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
                        RetrievalServicer(store, catalog, embedder, maintenance, settings),
                        "meshllm.retrieval.v1.RetrievalService")
+    return server, maintenance
+
+
+async def main(settings: RetrievalSettings) -> None:
+    store, embedder = await asyncio.gather(asyncio.to_thread(open_store, settings),
+                                           asyncio.to_thread(load_embedder, settings))
+    server, maintenance = retrieval_server(settings, store, embedder)
     port = await server.start()
     registration = await register_server(server, settings.replica_id)
     print(f"READY port={port}", flush=True)

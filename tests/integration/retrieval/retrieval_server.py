@@ -15,30 +15,13 @@ import grpc
 
 from meshllm.api.auth.v1 import auth_pb2
 from meshllm.api.retrieval.v1 import retrieval_pb2_grpc
-from meshllm.sentence_embeddings import MODEL_NAME, SentenceEncoder
-from meshllm.server import MeshServer
-from services.retrieval.catalog import CollectionCatalog
+from meshllm.sentence_embeddings import SentenceEncoder
+from services.retrieval.__main__ import open_store, retrieval_server
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.embedding_worker import EmbeddingWorker
-from services.retrieval.index_maintenance import IndexMaintenance
-from services.retrieval.server import RetrievalServicer
-from services.retrieval.__main__ import open_store
-from tests.tenant_headers import tenant_metadata
+from tests.tenant_headers import AsTenant
 
 ALL_COLLECTIONS = auth_pb2.Policy(allowed_collections=["*"])
-
-
-class TenantStub:
-    """The retrieval stub, every call carrying `tenant`'s headers."""
-
-    def __init__(self, stub, tenant: str, policy: auth_pb2.Policy):
-        self._stub = stub
-        self._metadata = tenant_metadata(tenant, policy)
-
-    def __getattr__(self, method: str):
-        call = getattr(self._stub, method)
-        return lambda request, metadata=(), **options: call(
-            request, metadata=(*metadata, *self._metadata), **options)
 
 
 @dataclass
@@ -48,8 +31,8 @@ class RetrievalReplica:
     stub: retrieval_pb2_grpc.RetrievalServiceStub
     settings: RetrievalSettings
 
-    def as_tenant(self, tenant: str, policy: auth_pb2.Policy = ALL_COLLECTIONS) -> TenantStub:
-        return TenantStub(self.stub, tenant, policy)
+    def as_tenant(self, tenant: str, policy: auth_pb2.Policy = ALL_COLLECTIONS) -> AsTenant:
+        return AsTenant(self.stub, tenant, policy)
 
 
 def settings_for(store: str, path: Path, **overrides) -> RetrievalSettings:
@@ -64,13 +47,7 @@ async def running_retrieval(store_kind: str, path: Path, encoder: SentenceEncode
     settings = settings_for(store_kind, path, **overrides)
     store = open_store(settings)
     embedder = EmbeddingWorker(encoder)
-    maintenance = IndexMaintenance(store)
-    catalog = CollectionCatalog(store, MODEL_NAME, encoder.dimension,
-                                settings.catalog_cache_seconds)
-    server = MeshServer(settings, service="retrieval")
-    server.add_service(retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
-                       RetrievalServicer(store, catalog, embedder, maintenance, settings),
-                       "meshllm.retrieval.v1.RetrievalService")
+    server, maintenance = retrieval_server(settings, store, embedder)
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
