@@ -6,9 +6,9 @@ a query costs.
     python -m bench.retrieval        (--help for the knobs)
 
 The 100k chunks are synthetic (random words, clustered random unit vectors) and written to the
-store directly: embedding them with the model would take about ten minutes here. Searches and
-loads go through `python -m services.retrieval` in its own process, called as the router calls
-it (tenant headers, no Envoy), one call at a time."""
+store directly: embedding them with the model would take over an hour here, at ~20 chunks a
+second. Searches and loads go through `python -m services.retrieval` in its own process,
+called as the router calls it (tenant headers, no Envoy), one call at a time."""
 import argparse
 import asyncio
 import multiprocessing

@@ -1,8 +1,8 @@
 """A synthetic corpus for retrieval at scale: clustered unit vectors (as embeddings of real
 text cluster by topic) and texts of random words, written to a store directly (embedding 100k
-chunks with the model would take about ten minutes on two cores). bench.retrieval measures
-with it, and tests/integration/retrieval/test_dense_recall.py holds the dense index to its
-recall floor."""
+chunks with the model would take over an hour on two cores, at ~20 chunks a second).
+bench.retrieval measures with it, and tests/integration/retrieval/test_dense_recall.py holds
+the dense index to its recall floor."""
 import statistics
 import time
 

@@ -152,7 +152,8 @@ def without_ext_authz(route: route_components_pb2.Route) -> route_components_pb2
 
 def public_routes(open_tenant: str = "") -> route_pb2.RouteConfiguration:
     """The public listener: the public API (rate limited per tenant) and reflection, served
-    by the router, retrieval's API (rate limited too), and auth's admin API. Never auth's usage API (see AUTH_USAGE_PREFIX).
+    by the router, retrieval's API (rate limited too), and auth's admin API. Never auth's
+    usage API (see AUTH_USAGE_PREFIX).
     With an open tenant the public API and reflection need no key (and carry no rate limit);
     the admin API always does."""
     retries = retry_policy(PUBLIC_RETRY_ON, num_retries=2)

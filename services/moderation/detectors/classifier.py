@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from meshllm.api.moderation.v1 import moderation_pb2
 from meshllm.sentence_embeddings import SentenceEncoder
 from services.moderation.detectors.lexicon import category_name
 from services.moderation.findings import CLASSIFIED_CATEGORIES, Category
@@ -49,7 +48,8 @@ class ExemplarClassifier:
             category: self._encoder.embed_uncached(
                 read_exemplars(exemplar_directory / f"{category_name(category)}.txt"))
             for category in CLASSIFIED_CATEGORIES}
-        self._benign = self._encoder.embed_uncached(read_exemplars(exemplar_directory / "benign.txt"))
+        self._benign = self._encoder.embed_uncached(
+            read_exemplars(exemplar_directory / "benign.txt"))
 
     def scores(self, texts: list[str]) -> list[dict[Category, float]]:
         """Per text, each classified category's score from 0 to 1."""

@@ -8,10 +8,10 @@ collection is the catalog of specs. Every expression the store sends names both 
 and the uid.
 
 Expressions carry no user string, only hex digests the store made: rows hold the tenant,
-document id and metadata pairs hashed, beside what searches return, and filters compare hashes. Milvus's
-filter templating would keep user strings out of expressions too, but Milvus Lite 3.2.2 does
-not implement it (its parser stops at the `{`); digests are safe on both without relying on
-either parser's escaping.
+document id and metadata pairs hashed, beside what searches return, and filters compare
+hashes. Milvus's filter templating would keep user strings out of expressions too, but Milvus
+Lite 3.2.2 does not implement it (its parser stops at the `{`); digests are safe on both
+without relying on either parser's escaping.
 
 Milvus has no multi-row transaction, so a document's new version is written in two steps.
 The rows past chunk 0, keyed by the content hash, go first; then chunk 0, keyed by the
@@ -23,9 +23,9 @@ next write or delete of that document, and until then only `counts().chunks` see
 In Milvus Lite writes end with a flush: it makes them durable, and its searches over
 unflushed rows are about forty times slower. A Milvus server has them durable in its log once
 acknowledged, seals segments itself, and rate-limits flushes (a flush per write would
-throttle a bulk load), so there the store leaves flushing to it. A collection that a new client finds is released, so the
-store loads them all on open. Collections are Strong-consistent: a write a call acknowledged
-is seen by every replica's next search."""
+throttle a bulk load), so there the store leaves flushing to it. A collection that a new
+client finds is released, so the store loads them all on open. Collections are
+Strong-consistent: a write a call acknowledged is seen by every replica's next search."""
 import hashlib
 import json
 import re

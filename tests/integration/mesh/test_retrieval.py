@@ -11,7 +11,7 @@ from meshllm.api.inference.v1 import inference_pb2 as inference
 from meshllm.api.retrieval.v1 import retrieval_pb2 as r, retrieval_pb2_grpc
 from meshllm.api_key import bearer
 from meshllm.tenancy import POLICY_HEADER, TENANT_HEADER
-from tests.integration.mesh.tenant_client import TenantClient, reason, refusal
+from tests.integration.mesh.tenant_client import reason, refusal
 
 Code = grpc.StatusCode
 MODEL = "sim-echo"

@@ -59,7 +59,8 @@ async def refusal(call) -> grpc.aio.AioRpcError:
     return raised.value
 
 
-async def new_collection(tenant, name: str = "docs", documents=HANDBOOK) -> r.UpsertDocumentsResponse:
+async def new_collection(tenant, name: str = "docs",
+                         documents=HANDBOOK) -> r.UpsertDocumentsResponse:
     await tenant.CreateCollection(r.CreateCollectionRequest(name=name), timeout=10)
     return await tenant.UpsertDocuments(load(name, documents), timeout=60)
 

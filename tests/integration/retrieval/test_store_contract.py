@@ -398,7 +398,8 @@ def test_deleting_one_tenants_collection_leaves_the_others_intact(store):
 def snapshot(store, spec) -> tuple:
     query = direction("acme pelican roadmap")
     return (store.counts(spec), store.content_hashes(spec, ["d1", "d2", "d3"]),
-            *(chunk_ids(search(store, spec, mode, "pelican roadmap", query)) for mode in EVERY_MODE))
+            *(chunk_ids(search(store, spec, mode, "pelican roadmap", query))
+              for mode in EVERY_MODE))
 
 
 def test_collections_and_documents_survive_a_restart(store_factory):

@@ -25,7 +25,7 @@ def test_every_route_points_at_a_cluster_in_the_same_snapshot():
     assert set(snapshot.of_type(ENDPOINT).by_name) == set(snapshot.of_type(CLUSTER).by_name)
 
 
-def test_the_router_auth_moderation_and_retrieval_clusters_exist_empty_before_any_replica_registers():
+def test_the_clusters_the_listeners_use_exist_empty_before_any_replica_registers():
     snapshot = build_snapshot([], LAYOUT)
     assert set(snapshot.of_type(CLUSTER).by_name) == {"router", "auth", "moderation", "retrieval"}
     assert all(not assignment.endpoints

@@ -1,6 +1,8 @@
 """A grounded generation on the real engine, through Envoy: a collection loaded with the dev
 tenant's key, then a Generate that names it streams the context event citing passages that
-exist, then vLLM's tokens. A retrieval replica joins the session's mesh for this module."""
+exist, then vLLM's tokens. A retrieval replica joins the session's mesh for this module (named
+to run before test_resilience.py, which ends by killing the control plane: a replica started
+after that could not register)."""
 import pytest
 
 from meshllm.api.inference.v1 import inference_pb2
