@@ -87,6 +87,14 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
 
     async def UpsertDocuments(self, requests, context):
         tenancy = tenancy_of(context)
+        try:
+            return await self._upsert(tenancy, requests)
+        except CollectionMissing:
+            raise CallRefused(grpc.StatusCode.NOT_FOUND, "the collection was deleted while the "
+                              "documents were loading", reason="COLLECTION_NOT_FOUND",
+                              field="collection") from None
+
+    async def _upsert(self, tenancy: Tenancy, requests) -> r.UpsertDocumentsResponse:
         upsert: BulkUpsert | None = None
         number = 0
         async for request in requests:

@@ -277,3 +277,20 @@ async def test_a_load_cut_off_halfway_leaves_whole_documents_only(store, tmp_pat
                 assert sorted(p.chunk_index for p in stored) == list(range(len(whole)))
                 chunks += len(stored)
         assert chunks == described.chunk_count
+
+
+async def test_a_collection_deleted_while_documents_load_ends_the_load_not_found(retrieval):
+    acme = retrieval.as_tenant("acme")
+    await new_collection(acme)
+    deleted = asyncio.Event()
+
+    async def requests():
+        yield r.UpsertDocumentsRequest(collection="docs", documents=HANDBOOK[:1])
+        await deleted.wait()
+        yield r.UpsertDocumentsRequest(documents=HANDBOOK[1:])
+    call = acme.UpsertDocuments(requests(), timeout=30)
+    await asyncio.sleep(0.3)
+    await acme.DeleteCollection(r.DeleteCollectionRequest(name="docs"))
+    deleted.set()
+    error = await refusal(call)
+    assert error.code() == Code.NOT_FOUND and "deleted" in error.details()
