@@ -214,7 +214,10 @@ class MilvusStore:
                 time.sleep(_INDEX_POLL_SECONDS)
 
     def close(self) -> None:
-        self._client.close()
+        # A write still running (its caller gone: a client that went away leaves its thread
+        # to finish) ends first; cut off, it would leave rows only counts() sees.
+        with self._write_lock:
+            self._client.close()
 
     def _chunks(self, spec: CollectionSpec) -> str:
         """The Milvus collection holding chunks of the spec's dimension, made on first use."""
