@@ -26,7 +26,6 @@ acknowledged, seals segments itself, and rate-limits flushes (a flush per write 
 throttle a bulk load), so there the store leaves flushing to it. A collection that a new
 client finds is released, so the store loads them all on open. Collections are
 Strong-consistent: a write a call acknowledged is seen by every replica's next search."""
-import hashlib
 import json
 import re
 import threading
@@ -34,12 +33,14 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-from pymilvus import (AnnSearchRequest, CollectionSchema, DataType, Function, FunctionType,
-                      MilvusClient, RRFRanker)
+from pymilvus import AnnSearchRequest, MilvusClient, RRFRanker
 
 from services.retrieval.store import (Chunk, CollectionCounts, CollectionExists,
                                       CollectionMissing, CollectionSpec, DocumentVersion,
                                       Filters, Hit, SearchMode)
+from services.retrieval.stores.milvus_rows import (
+    catalog_schema, check_uid, chunk_schema, commit_key, digest, document_rows, literal, literals,
+    tag, version_key)
 
 # HNSW: recall@10 against exact search 0.98-0.99 at 100k clustered chunks over 10 uids (ef
 # 128), at half FLAT's latency in Milvus Lite. Search ef never falls below the hits fetched,
@@ -56,8 +57,6 @@ _BATCH_BYTES = 16 << 20
 # Expressions name at most this many keys (the service sends up to 1000 ids per call).
 _KEYS_PER_EXPRESSION = 1000
 _INDEX_POLL_SECONDS = 1.0
-_MAX_TAGS = 64  # the service allows 32 metadata pairs
-_HEX_KEY = re.compile(r"[0-9a-f]{32}")
 _CHUNK_FIELDS = ["chunk_id", "document_id", "chunk_index", "text", "start_offset",
                  "end_offset", "metadata", "content_hash"]
 _SPEC_FIELDS = ["tenant", "name", "uid", "dimension", "embedding_model", "max_tokens",
@@ -77,7 +76,7 @@ class MilvusStore:
         # threads from creating one name twice, as Milvus has no unique constraint.
         self._write_lock = threading.Lock()
         if not self._client.has_collection(self._catalog):
-            self._client.create_collection(self._catalog, schema=_catalog_schema(),
+            self._client.create_collection(self._catalog, schema=catalog_schema(),
                                            index_params=self._catalog_index(),
                                            consistency_level="Strong")
         self._client.load_collection(self._catalog)
@@ -87,27 +86,27 @@ class MilvusStore:
             self._client.load_collection(name)
 
     def create_collection(self, spec: CollectionSpec) -> None:
-        _check_uid(spec.uid)
+        check_uid(spec.uid)
         self._chunks(spec)
         with self._write_lock:
             if self.get_collection(spec.tenant, spec.name) is not None:
                 raise CollectionExists(f"collection {spec.name!r} already exists")
             row = {field: getattr(spec, field) for field in _SPEC_FIELDS}
             self._client.insert(self._catalog, [{
-                **row, "key": _digest(spec.tenant, spec.name),
-                "tenant_key": _digest(spec.tenant), "unused": [0.0, 0.0]}])
+                **row, "key": digest(spec.tenant, spec.name),
+                "tenant_key": digest(spec.tenant), "unused": [0.0, 0.0]}])
             self._flush(self._catalog)
 
     def get_collection(self, tenant: str, name: str) -> CollectionSpec | None:
         rows = self._client.query(
             self._catalog, output_fields=_SPEC_FIELDS,
-            filter=f"tenant_key == {_literal(_digest(tenant))} "
-                   f"and key == {_literal(_digest(tenant, name))}")
+            filter=f"tenant_key == {literal(digest(tenant))} "
+                   f"and key == {literal(digest(tenant, name))}")
         return _spec(rows[0]) if rows else None
 
     def list_collections(self, tenant: str) -> list[CollectionSpec]:
         rows = self._client.query(self._catalog, output_fields=_SPEC_FIELDS,
-                                  filter=f"tenant_key == {_literal(_digest(tenant))}")
+                                  filter=f"tenant_key == {literal(digest(tenant))}")
         return sorted((_spec(row) for row in rows), key=lambda spec: spec.name)
 
     def delete_collection(self, spec: CollectionSpec) -> None:
@@ -116,7 +115,7 @@ class MilvusStore:
             # The catalog row goes first: a write on another replica that ends after it finds
             # its collection gone and removes what it wrote (see write_documents).
             self._client.delete(self._catalog, filter=(
-                f"{self._owned(spec)} and key == {_literal(_digest(spec.tenant, spec.name))}"))
+                f"{self._owned(spec)} and key == {literal(digest(spec.tenant, spec.name))}"))
             self._flush(self._catalog)
             self._client.delete(chunks, filter=self._owned(spec))
             self._flush(chunks)
@@ -136,7 +135,7 @@ class MilvusStore:
 
     def write_documents(self, spec: CollectionSpec, documents: list[DocumentVersion]) -> None:
         chunks = self._chunks(spec)
-        rows = [row for document in documents for row in _rows(spec, document)]
+        rows = [row for document in documents for row in document_rows(spec, document)]
         with self._write_lock:
             # Every document's other chunks are acknowledged before any chunk 0, the commit.
             for batch in _batches([row for row in rows if row["chunk_index"] != 0]):
@@ -144,13 +143,13 @@ class MilvusStore:
             for batch in _batches([row for row in rows if row["chunk_index"] == 0]):
                 self._client.upsert(chunks, batch)
             # A document written with no chunks is deleted, its old chunk 0 before the rest.
-            self._delete_rows(spec, "key", [_commit_key(spec, document.document_id)
+            self._delete_rows(spec, "key", [commit_key(spec, document.document_id)
                                             for document in documents if not document.chunks])
             for part in _slices(documents, _KEYS_PER_EXPRESSION):
                 self._client.delete(chunks, filter=(
                     f"{self._owned(spec)} and document_key in "
-                    f"{_literals(_digest(document.document_id) for document in part)} and "
-                    f"version_key not in {_literals(_version_key(document) for document in part)}"))
+                    f"{literals(digest(document.document_id) for document in part)} and "
+                    f"version_key not in {literals(version_key(document) for document in part)}"))
             self._flush(chunks)
             if not self._exists(spec):
                 self._client.delete(chunks, filter=self._owned(spec))
@@ -161,9 +160,9 @@ class MilvusStore:
         with self._write_lock:
             existing = self.content_hashes(spec, document_ids)
             # Chunk 0 first: a delete cut short leaves the document whole or gone.
-            self._delete_rows(spec, "key", [_commit_key(spec, document_id)
+            self._delete_rows(spec, "key", [commit_key(spec, document_id)
                                             for document_id in document_ids])
-            self._delete_rows(spec, "document_key", [_digest(document_id)
+            self._delete_rows(spec, "document_key", [digest(document_id)
                                                      for document_id in document_ids])
             self._flush(self._chunks(spec))
         return len(existing)
@@ -173,11 +172,11 @@ class MilvusStore:
         chunks = self._chunks(spec)
         expression = self._owned(spec)
         if filters.document_ids:
-            keys = [_digest(document_id) for document_id in filters.document_ids]
-            expression += f" and document_key in {_literals(keys)}"
+            keys = [digest(document_id) for document_id in filters.document_ids]
+            expression += f" and document_key in {literals(keys)}"
         for key, values in filters.metadata:
-            tags = [_tag(key, value) for value in values]
-            expression += f" and ARRAY_CONTAINS_ANY(tags, {_literals(tags)})"
+            tags = [tag(key, value) for value in values]
+            expression += f" and ARRAY_CONTAINS_ANY(tags, {literals(tags)})"
         fetch = min(top_k * _FETCH_FACTOR, _MAX_FETCH)
         searches = []  # (field, data, param)
         if mode is not SearchMode.KEYWORD:
@@ -226,7 +225,7 @@ class MilvusStore:
             if name not in self._ready:
                 if not self._client.has_collection(name):
                     self._client.create_collection(
-                        name, schema=_chunk_schema(spec.dimension),
+                        name, schema=chunk_schema(spec.dimension),
                         index_params=self._chunk_index(), consistency_level="Strong")
                 self._client.load_collection(name)
                 self._ready.add(name)
@@ -238,7 +237,7 @@ class MilvusStore:
 
     def _owned(self, spec: CollectionSpec) -> str:
         """The expression every query of the spec's rows starts with: its tenant and uid."""
-        return f"tenant_key == {_literal(_digest(spec.tenant))} and uid == {_literal(spec.uid)}"
+        return f"tenant_key == {literal(digest(spec.tenant))} and uid == {literal(spec.uid)}"
 
     def _count(self, spec: CollectionSpec, condition: str) -> int:
         rows = self._client.query(self._chunks(spec), filter=self._owned(spec) + condition,
@@ -247,15 +246,15 @@ class MilvusStore:
 
     def _committed(self, spec: CollectionSpec, document_ids: list[str]) -> dict[str, str]:
         """The content hash of each document's chunk 0: its committed version."""
-        tenant_key = _digest(spec.tenant)
+        tenant_key = digest(spec.tenant)
         hashes = {}
         for part in _slices(document_ids, _KEYS_PER_EXPRESSION):
-            keys = [_commit_key(spec, document_id) for document_id in part]
+            keys = [commit_key(spec, document_id) for document_id in part]
             # By primary key alone, which names tenant and uid already: Milvus Lite finds
             # keys in milliseconds but scans every row for any other condition (a quarter of
             # a second at 100k rows). The tenant and uid are checked here instead.
             for row in self._client.query(
-                    self._chunks(spec), filter=f"key in {_literals(keys)}",
+                    self._chunks(spec), filter=f"key in {literals(keys)}",
                     output_fields=["tenant_key", "uid", "document_id", "content_hash"]):
                 if row["tenant_key"] == tenant_key and row["uid"] == spec.uid:
                     hashes[row["document_id"]] = row["content_hash"]
@@ -264,12 +263,12 @@ class MilvusStore:
     def _delete_rows(self, spec: CollectionSpec, field: str, keys: list[str]) -> None:
         for part in _slices(keys, _KEYS_PER_EXPRESSION):
             self._client.delete(self._chunks(spec),
-                                filter=f"{self._owned(spec)} and {field} in {_literals(part)}")
+                                filter=f"{self._owned(spec)} and {field} in {literals(part)}")
 
     def _exists(self, spec: CollectionSpec) -> bool:
         return bool(self._client.query(
             self._catalog, output_fields=["uid"],
-            filter=f"{self._owned(spec)} and key == {_literal(_digest(spec.tenant, spec.name))}"))
+            filter=f"{self._owned(spec)} and key == {literal(digest(spec.tenant, spec.name))}"))
 
     def _require(self, spec: CollectionSpec) -> None:
         """Raises CollectionMissing if the spec's collection is gone: asked only when a call
@@ -291,69 +290,6 @@ class MilvusStore:
             index.add_index(field, index_type="INVERTED")
         return index
 
-
-def _catalog_schema() -> CollectionSchema:
-    schema = MilvusClient.create_schema(auto_id=False)
-    schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=32)
-    schema.add_field("tenant_key", DataType.VARCHAR, max_length=32)
-    schema.add_field("tenant", DataType.VARCHAR, max_length=1024)
-    schema.add_field("name", DataType.VARCHAR, max_length=256)
-    schema.add_field("uid", DataType.VARCHAR, max_length=32)
-    schema.add_field("dimension", DataType.INT64)
-    schema.add_field("embedding_model", DataType.VARCHAR, max_length=1024)
-    schema.add_field("max_tokens", DataType.INT64)
-    schema.add_field("overlap_tokens", DataType.INT64)
-    schema.add_field("description", DataType.VARCHAR, max_length=65535)
-    schema.add_field("create_time", DataType.DOUBLE)
-    # Milvus wants a vector field in every collection; the catalog never searches it.
-    schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
-    return schema
-
-
-def _chunk_schema(dimension: int) -> CollectionSchema:
-    schema = MilvusClient.create_schema(auto_id=False)
-    schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=32)
-    schema.add_field("tenant_key", DataType.VARCHAR, max_length=32)
-    schema.add_field("uid", DataType.VARCHAR, max_length=32, is_partition_key=True)
-    schema.add_field("document_id", DataType.VARCHAR, max_length=1024)
-    schema.add_field("document_key", DataType.VARCHAR, max_length=32)
-    schema.add_field("content_hash", DataType.VARCHAR, max_length=256)
-    schema.add_field("version_key", DataType.VARCHAR, max_length=32)
-    schema.add_field("chunk_id", DataType.VARCHAR, max_length=2048)
-    schema.add_field("chunk_index", DataType.INT64)
-    schema.add_field("start_offset", DataType.INT64)
-    schema.add_field("end_offset", DataType.INT64)
-    schema.add_field("text", DataType.VARCHAR, max_length=65535, enable_analyzer=True)
-    schema.add_field("metadata", DataType.JSON)
-    schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR,
-                     max_capacity=_MAX_TAGS, max_length=32)
-    schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dimension)
-    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-    schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
-                                 input_field_names=["text"], output_field_names=["sparse"]))
-    return schema
-
-
-def _rows(spec: CollectionSpec, document: DocumentVersion) -> Iterator[dict]:
-    tenant_key = _digest(spec.tenant)
-    document_key = _digest(document.document_id)
-    version_key = _version_key(document)
-    for chunk, embedding in zip(document.chunks, document.embeddings, strict=True):
-        yield {
-            "key": (_commit_key(spec, document.document_id) if chunk.chunk_index == 0 else
-                    _digest(spec.tenant, spec.uid, document.document_id,
-                            document.content_hash, chunk.chunk_index)),
-            "tenant_key": tenant_key, "uid": spec.uid,
-            "document_id": document.document_id, "document_key": document_key,
-            "content_hash": document.content_hash, "version_key": version_key,
-            "chunk_id": chunk.chunk_id, "chunk_index": chunk.chunk_index,
-            "start_offset": chunk.start_offset, "end_offset": chunk.end_offset,
-            "text": chunk.text, "metadata": chunk.metadata,
-            "tags": [_tag(key, value) for key, value in chunk.metadata.items()],
-            "dense": np.asarray(embedding, dtype=np.float32),
-        }
-
-
 def _batches(rows: list[dict]) -> Iterator[list[dict]]:
     batch, size = [], 0
     for row in rows:
@@ -371,41 +307,6 @@ def _batches(rows: list[dict]) -> Iterator[list[dict]]:
 def _slices(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-def _digest(*parts: object) -> str:
-    """32 hex digits standing for `parts` in keys and expressions."""
-    return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
-
-
-def _commit_key(spec: CollectionSpec, document_id: str) -> str:
-    """Chunk 0's primary key, the same for every version of the document."""
-    return _digest(spec.tenant, spec.uid, document_id)
-
-
-def _version_key(document: DocumentVersion) -> str:
-    # With the id in it, two documents with equal text never share a version.
-    return _digest(document.document_id, document.content_hash)
-
-
-def _tag(key: str, value: str) -> str:
-    return _digest(key, value)
-
-
-def _check_uid(uid: str) -> None:
-    if not _HEX_KEY.fullmatch(uid):
-        raise ValueError(f"a collection uid is 32 lowercase hex digits, got {uid!r}")
-
-
-def _literal(value: str) -> str:
-    """`value` as an expression literal; only digests and uids, hex by construction, pass."""
-    if not _HEX_KEY.fullmatch(value):
-        raise ValueError(f"an expression literal is 32 lowercase hex digits, got {value!r}")
-    return f'"{value}"'
-
-
-def _literals(values) -> str:
-    return "[" + ", ".join(_literal(value) for value in values) + "]"
 
 
 def _score(mode: SearchMode, distance: float) -> float:
