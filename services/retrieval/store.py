@@ -1,8 +1,9 @@
 """What the retrieval service asks of a vector store, and the plain records it passes.
 
 Two stores implement it (services/retrieval/stores/): LanceDB, embedded on local disk, and
-Milvus, a server (or Milvus Lite in-process). The contract suite,
-tests/integration/retrieval/test_store_contract.py, holds both to the same behaviour.
+Milvus, a server (or Milvus Lite in-process). The contract suite (tests/integration/
+retrieval/test_store_contract.py and test_store_isolation.py) holds both to the same
+behaviour.
 
 The service has already resolved the tenant (from Envoy's headers) and checked the input
 when it calls a store; a store never sees a collection name without its tenant, and keeps

@@ -92,3 +92,13 @@ def stored_chunks(store: VectorStore, spec: CollectionSpec, document_id: str) ->
 
 def stored_texts(store: VectorStore, spec: CollectionSpec, document_id: str) -> list[str]:
     return [chunk.text for chunk in stored_chunks(store, spec, document_id)]
+
+
+def created(store: VectorStore, *args, **fields):
+    spec = new_spec(*args, **fields)
+    store.create_collection(spec)
+    return spec
+
+
+HOSTILE_DOCUMENTS = [version(value, [f"marmalade hostile {index}"], {"tag": value})
+                     for index, value in enumerate(HOSTILE)]
